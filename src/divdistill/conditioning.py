@@ -1,0 +1,44 @@
+"""Prompt conditioning, built once per call and shared by every model that runs in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything a denoising network needs besides the latent and the timestep, for one batch.
+
+    `hidden_states` / `added` hold the prompt branch; `negative_*` the unconditional branch used by
+    classifier-free guidance (None when no model in the run guides). `added` is the dict passed as the UNet's
+    `added_cond_kwargs` (SDXL's pooled text embeddings and size ids); None for families without it.
+    """
+
+    hidden_states: torch.Tensor
+    negative_hidden_states: torch.Tensor | None = None
+    added: dict[str, torch.Tensor] | None = None
+    negative_added: dict[str, torch.Tensor] | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden_states.shape[0]
+
+    @property
+    def has_negative(self) -> bool:
+        return self.negative_hidden_states is not None
+
+    def unet_inputs(self, guided: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """Hidden states and added kwargs for one network call; `guided` stacks [negative, positive]."""
+        if not guided:
+            return self.hidden_states, self.added
+        if self.negative_hidden_states is None:
+            raise ValueError("Classifier-free guidance needs negative embeddings; encode with a negative branch.")
+        hidden = torch.cat([self.negative_hidden_states, self.hidden_states])
+        if self.added is None:
+            return hidden, None
+        negative_added = self.negative_added or self.added
+        added = {key: torch.cat([negative_added[key], value]) for key, value in self.added.items()}
+        return hidden, added

@@ -1,0 +1,30 @@
+"""Per-pair sampling defaults (filled by presets; every field can be overridden per call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The settings a pair's authors publish, used when a call leaves them out."""
+
+    num_inference_steps: int = 4
+    timesteps: tuple[int, ...] | None = None
+    guidance_scale: float = 0.0
+    base_guidance_scale: float = 5.0
+    base_num_inference_steps: int = 50
+    base_steps: int = 1
+    mode: str = "hybrid"
+    base_schedule: str = "shared"
+    height: int | None = None
+    width: int | None = None
+
+    def updated(self, **overrides: Any) -> SamplingDefaults:
+        """A copy with the non-None overrides applied."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"Unknown sampling defaults: {sorted(unknown)}; known: {sorted(known)}.")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,138 @@
+"""UNet latent-diffusion families: Stable Diffusion 1.x/2.x and SDXL.
+
+Encoding and decoding call the pipelines' own methods (`encode_prompt`, `_get_add_time_ids`, the VAE and image
+processor) so that a divdistill run is numerically the same as the diffusers pipeline it stands in for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from divdistill.conditioning import Conditioning
+from divdistill.families.base import Family
+
+
+def _vae_problems(base: Any, distilled: Any) -> list[str]:
+    if base.vae is distilled.vae:
+        return []
+    problems = []
+    for key in ("latent_channels", "scaling_factor", "shift_factor", "latents_mean", "latents_std"):
+        a, b = base.vae.config.get(key), distilled.vae.config.get(key)
+        if a != b:
+            problems.append(f"VAE {key} differs (base {a}, distilled {b})")
+    return problems
+
+
+def _unet_problems(base: Any, distilled: Any, keys: tuple[str, ...]) -> list[str]:
+    problems = []
+    for key in keys:
+        a, b = base.unet.config.get(key), distilled.unet.config.get(key)
+        if a != b:
+            problems.append(f"UNet {key} differs (base {a}, distilled {b})")
+    return problems
+
+
+def _decode_vae(pipe: Any, latents: torch.Tensor, output_type: str, upcast_fp16: bool) -> Any:
+    """The decode tail of diffusers' SD/SDXL pipelines (scaling, optional fp32 upcast, postprocess)."""
+    vae = pipe.vae
+    needs_upcasting = upcast_fp16 and vae.dtype == torch.float16 and vae.config.force_upcast
+    if needs_upcasting:
+        pipe.upcast_vae()
+        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+    if mean is not None and std is not None:
+        channels = latents.shape[1]
+        mean_t = torch.tensor(mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std_t / vae.config.scaling_factor + mean_t
+    else:
+        latents = latents / vae.config.scaling_factor
+    latents = latents.to(device=vae.device, dtype=vae.dtype)
+    image = vae.decode(latents, return_dict=False)[0]
+    if needs_upcasting:
+        vae.to(dtype=torch.float16)
+    watermark = getattr(pipe, "watermark", None)
+    if watermark is not None:
+        image = watermark.apply_watermark(image)
+    return pipe.image_processor.postprocess(image, output_type=output_type)
+
+
+class SDFamily(Family):
+    """Stable Diffusion 1.x / 2.x: one CLIP text encoder, UNet without added conditioning."""
+
+    name = "sd"
+
+    def matches(self, pipe: Any) -> bool:
+        return (
+            hasattr(pipe, "unet")
+            and hasattr(pipe, "text_encoder")
+            and not hasattr(pipe, "text_encoder_2")
+            and getattr(pipe.unet.config, "addition_embed_type", None) is None
+        )
+
+    def encode(self, pipe, prompt, negative_prompt, num_images_per_prompt, with_negative, height, width, device):
+        positive, negative = pipe.encode_prompt(
+            prompt,
+            device,
+            num_images_per_prompt,
+            with_negative,
+            negative_prompt=negative_prompt,
+        )
+        return Conditioning(hidden_states=positive, negative_hidden_states=negative if with_negative else None)
+
+    def pair_problems(self, base, distilled):
+        return _unet_problems(base, distilled, ("in_channels", "out_channels", "cross_attention_dim")) + (
+            _vae_problems(base, distilled)
+        )
+
+    def decode(self, pipe, latents, output_type):
+        return _decode_vae(pipe, latents, output_type, upcast_fp16=False)
+
+
+class SDXLFamily(Family):
+    """SDXL: two CLIP text encoders, pooled text embedding and size/crop ids as added conditioning."""
+
+    name = "sdxl"
+
+    def matches(self, pipe: Any) -> bool:
+        return hasattr(pipe, "unet") and getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+
+    def encode(self, pipe, prompt, negative_prompt, num_images_per_prompt, with_negative, height, width, device):
+        positive, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=prompt,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=with_negative,
+            negative_prompt=negative_prompt,
+        )
+        if pipe.text_encoder_2 is None:
+            projection_dim = int(pooled.shape[-1])
+        else:
+            projection_dim = pipe.text_encoder_2.config.projection_dim
+        time_ids = pipe._get_add_time_ids(
+            (height, width), (0, 0), (height, width), dtype=positive.dtype, text_encoder_projection_dim=projection_dim
+        )
+        time_ids = time_ids.to(device).repeat(positive.shape[0], 1)
+        added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
+        negative_added = {"text_embeds": negative_pooled.to(device), "time_ids": time_ids} if with_negative else None
+        return Conditioning(
+            hidden_states=positive.to(device),
+            negative_hidden_states=negative.to(device) if with_negative else None,
+            added=added,
+            negative_added=negative_added,
+        )
+
+    def pair_problems(self, base, distilled):
+        keys = (
+            "in_channels",
+            "out_channels",
+            "cross_attention_dim",
+            "addition_embed_type",
+            "projection_class_embeddings_input_dim",
+        )
+        return _unet_problems(base, distilled, keys) + _vae_problems(base, distilled)
+
+    def decode(self, pipe, latents, output_type):
+        return _decode_vae(pipe, latents, output_type, upcast_fp16=True)

@@ -1,0 +1,364 @@
+"""HybridPipeline: a base and a distilled diffusers pipeline sampled together (diversity distillation).
+
+The paper's Algorithm 1: x_T ~ N(0, I); the base model runs the first `base_steps` steps, the distilled model
+the rest. By default the base runs on the distilled model's own scheduler and timesteps ("1-1 timestep
+replacement"), so the run equals the distilled diffusers pipeline with the base network substituted for the
+first calls. Other variants are segment schedules (see `divdistill.schedule`).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from divdistill.defaults import SamplingDefaults
+from divdistill.denoiser import GuidedDenoiser, runs_cfg
+from divdistill.families import PairMismatchError, family_of
+from divdistill.outputs import HybridPipelineOutput
+from divdistill.sampling import Stage, StepCallback, sample, vp_factor
+from divdistill.schedule import Segment, parse_segments, plan_segments, validate_segments
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def fresh_scheduler(scheduler: Any) -> Any:
+    """A new scheduler with the same config: schedulers keep per-run state that two models must not share."""
+    return type(scheduler).from_config(scheduler.config)
+
+
+def set_schedule(scheduler: Any, num_inference_steps: int | None, timesteps: Sequence[int] | None, device):
+    """`set_timesteps` with either a step count or an explicit list (as diffusers' retrieve_timesteps)."""
+    if timesteps is not None:
+        try:
+            scheduler.set_timesteps(timesteps=list(timesteps), device=device)
+        except TypeError as error:
+            raise ValueError(
+                f"{type(scheduler).__name__} does not accept explicit timesteps; pass num_inference_steps instead."
+            ) from error
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+    return scheduler.timesteps
+
+
+def accepts_custom_timesteps(scheduler: Any) -> bool:
+    return "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+
+
+class HybridPipeline:
+    """Sample with a base model for the first steps and its distilled model for the rest.
+
+    Parameters
+    ----------
+    base, distilled:
+        Two diffusers pipelines of the same family (e.g. StableDiffusionXLPipeline). The distilled pipeline's
+        scheduler is the shared schedule; the base pipeline's scheduler is used for the base's own schedule.
+    defaults:
+        Sampling defaults for this pair (steps, timesteps, guidance, resolution); presets fill these.
+    """
+
+    def __init__(self, base: Any, distilled: Any, defaults: SamplingDefaults | None = None, name: str | None = None):
+        self.base = base
+        self.distilled = distilled
+        self.family = family_of(distilled)
+        base_family = family_of(base)
+        if base_family is not self.family:
+            raise PairMismatchError(
+                f"The base pipeline is a {base_family.name} model and the distilled one a {self.family.name} model; "
+                "a hybrid needs two models of the same family (same latent space and text encoders)."
+            )
+        problems = self.family.pair_problems(base, distilled)
+        if problems:
+            raise PairMismatchError(
+                "These two pipelines cannot share latents and prompts: " + "; ".join(problems) + "."
+            )
+        self.defaults = defaults or SamplingDefaults()
+        self.name = name
+        self.progress_bar_config: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> HybridPipeline:
+        """Load a named pair (see `divdistill.presets.PRESETS`) with its published settings as defaults."""
+        from divdistill.loading import load_preset
+
+        return load_preset(name, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, base: str, distilled: str, **kwargs: Any) -> HybridPipeline:
+        """Load any pair from paths or repo ids (optionally a raw distilled UNet file and a scheduler)."""
+        from divdistill.loading import load_pair
+
+        return load_pair(base, distilled, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- devices
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> HybridPipeline:
+        for pipe in self.pipelines():
+            pipe.to(device=device, dtype=dtype)
+        return self
+
+    def pipelines(self) -> list[Any]:
+        return [self.base] if self.base is self.distilled else [self.base, self.distilled]
+
+    @property
+    def device(self) -> torch.device:
+        return self.family.network(self.distilled).device
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self.progress_bar_config = kwargs
+
+    def pipeline_for(self, model: str) -> Any:
+        return self.base if model == "base" else self.distilled
+
+    # ----------------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int | None = None,
+        timesteps: Sequence[int] | None = None,
+        mode: str | None = None,
+        base_steps: int | None = None,
+        base_schedule: str | None = None,
+        base_num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        base_guidance_scale: float | None = None,
+        skip_first_steps: int = 0,
+        segments: str | Sequence[Segment] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback: StepCallback | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        denoiser_hooks: dict[str, Callable[[GuidedDenoiser], GuidedDenoiser]] | None = None,
+        return_dict: bool = True,
+    ) -> HybridPipelineOutput | tuple:
+        """Generate images. Unset arguments take the pair's defaults (`self.defaults`).
+
+        mode: "hybrid" (base for the first `base_steps` steps), "distilled", "base" (the base model alone on its
+        own scheduler with `base_num_inference_steps`), or "reverse" (base for the last `base_steps` steps).
+        base_schedule: "shared" (base on the distilled schedule; the paper's best) or "own" (base on its own
+        `base_num_inference_steps`-step schedule down to the hand-off timestep).
+        skip_first_steps: start from pure noise at the k-th timestep of the distilled schedule.
+        segments: an explicit segment schedule ("base:1,distilled:3") instead of `mode`/`base_steps`.
+        callback: called after every step with a `StepInfo` (x_t, x0-hat, model, timestep).
+        """
+        started = time.perf_counter()
+        settings = self.defaults.updated(
+            num_inference_steps=num_inference_steps,
+            mode=mode,
+            base_steps=base_steps,
+            base_schedule=base_schedule,
+            base_num_inference_steps=base_num_inference_steps,
+            guidance_scale=guidance_scale,
+            base_guidance_scale=base_guidance_scale,
+            height=height,
+            width=width,
+        )
+        if timesteps is None and settings.timesteps and len(settings.timesteps) == settings.num_inference_steps:
+            timesteps = settings.timesteps
+        settings = replace(
+            settings,
+            timesteps=tuple(int(t) for t in timesteps) if timesteps is not None else None,
+            num_inference_steps=len(timesteps) if timesteps is not None else settings.num_inference_steps,
+        )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings.")
+        negatives = _broadcast_negative(negative_prompt, len(prompts))
+        height = settings.height or self.family.default_size(self.distilled)
+        width = settings.width or self.family.default_size(self.distilled)
+
+        plan = self._segments(settings, segments, skip_first_steps)
+        device = self.device
+        stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device)
+        guidance = self._guidance(plan, settings)
+        conditioning = self._encode(prompts, negatives, num_images_per_prompt, stages_spec, guidance, height, width)
+        dtype = next(iter(conditioning.values())).hidden_states.dtype
+        stages = []
+        for model, scheduler, stage_timesteps, scale in stages_spec:
+            pipe = self.pipeline_for(model)
+            denoiser = GuidedDenoiser(
+                name=model,
+                network=self.family.network(pipe),
+                conditioning=conditioning[model],
+                guidance_scale=scale,
+                prediction_type=pipe.scheduler.config.prediction_type,
+                dtype=dtype,
+                cross_attention_kwargs=cross_attention_kwargs,
+            )
+            if denoiser_hooks and model in denoiser_hooks:
+                denoiser = denoiser_hooks[model](denoiser)
+            stages.append(Stage(model, denoiser, scheduler, stage_timesteps))
+
+        batch = len(prompts) * num_images_per_prompt
+        first = stages[0]
+        shape = self.family.latent_shape(self.pipeline_for(first.model), batch, height, width)
+        latents = self._initial_latents(shape, first, skip_first_steps, generator, latents, dtype, device)
+
+        total = sum(len(s.timesteps) for s in stages)
+        with tqdm(total=total, **{"desc": "sampling", "leave": False, **self.progress_bar_config}) as progress:
+            latents, records = sample(latents, stages, generator=generator, callback=callback, progress=progress)
+
+        last_pipe = self.pipeline_for(stages[-1].model)
+        images = latents if output_type == "latent" else self.family.decode(last_pipe, latents, output_type)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        output = HybridPipelineOutput(
+            images=images,
+            steps=records,
+            seconds=time.perf_counter() - started,
+            settings={
+                "mode": settings.mode,
+                "segments": [str(s) for s in plan],
+                "num_inference_steps": settings.num_inference_steps,
+                "timesteps": list(settings.timesteps) if settings.timesteps else None,
+                "base_steps": settings.base_steps,
+                "base_schedule": settings.base_schedule,
+                "base_num_inference_steps": settings.base_num_inference_steps,
+                "guidance_scale": settings.guidance_scale,
+                "base_guidance_scale": settings.base_guidance_scale,
+                "skip_first_steps": skip_first_steps,
+                "height": height,
+                "width": width,
+                "num_images_per_prompt": num_images_per_prompt,
+            },
+        )
+        return output if return_dict else (images,)
+
+    # ----------------------------------------------------------------------------------------------- parts
+    def _segments(self, settings: SamplingDefaults, segments, skip: int) -> tuple[Segment, ...]:
+        if skip < 0 or skip >= settings.num_inference_steps:
+            raise ValueError(f"skip_first_steps must be in [0, {settings.num_inference_steps - 1}], got {skip}.")
+        if segments is None:
+            plan = plan_segments(
+                settings.mode,
+                settings.num_inference_steps - skip,
+                settings.base_steps,
+                settings.base_schedule,
+                settings.base_num_inference_steps,
+            )
+        else:
+            plan = parse_segments(segments) if isinstance(segments, str) else tuple(segments)
+        validate_segments(plan, settings.num_inference_steps - skip)
+        return plan
+
+    def _guidance(self, plan: tuple[Segment, ...], settings: SamplingDefaults) -> list[float]:
+        default = {"base": settings.base_guidance_scale, "distilled": settings.guidance_scale}
+        return [s.guidance_scale if s.guidance_scale is not None else default[s.model] for s in plan]
+
+    def _schedule_stages(self, plan, settings, timesteps, skip, device):
+        """(model, scheduler, timesteps, guidance) per segment; no network runs here."""
+        guidance = self._guidance(plan, settings)
+        if len(plan) == 1 and plan[0].own_schedule and plan[0].model == "base":
+            scheduler = fresh_scheduler(self.base.scheduler)
+            own = set_schedule(scheduler, plan[0].steps, None, device)
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(0)
+            return [("base", scheduler, own, guidance[0])]
+
+        shared = fresh_scheduler(self.distilled.scheduler)
+        full = set_schedule(shared, settings.num_inference_steps, timesteps, device)
+        if hasattr(shared, "set_begin_index"):
+            shared.set_begin_index(skip)
+        remaining = full[skip:]
+        stages, cursor = [], 0
+        for segment, scale in zip(plan, guidance):
+            if segment.own_schedule:
+                handoff_t = remaining[segment.steps] if segment.steps < len(remaining) else None
+                scheduler, own = self._own_schedule_until(handoff_t, settings.base_num_inference_steps, device)
+                stages.append((segment.model, scheduler, own, scale))
+                if hasattr(shared, "set_begin_index"):
+                    shared.set_begin_index(skip + segment.steps)
+            else:
+                stages.append((segment.model, shared, remaining[cursor : cursor + segment.steps], scale))
+            cursor += segment.steps
+        return stages
+
+    def _own_schedule_until(self, handoff_t, steps: int, device):
+        """The base's own `steps`-step schedule, cut so its last step lands exactly on `handoff_t`.
+
+        Schedulers that cannot take explicit timesteps (DDIM, PNDM) are replaced by Euler on the same training
+        schedule, which is the same deterministic ODE step in the sigma parameterisation.
+        """
+        scheduler = fresh_scheduler(self.base.scheduler)
+        own = set_schedule(scheduler, steps, None, device)
+        if handoff_t is None:
+            return scheduler, own
+        kept = [int(t) for t in own if t > handoff_t] + [int(handoff_t)]
+        if len(kept) == 1:
+            raise ValueError(
+                f"The base's own {steps}-step schedule has no step above the hand-off timestep {int(handoff_t)}; "
+                "raise base_num_inference_steps or base_steps."
+            )
+        if not accepts_custom_timesteps(scheduler):
+            from diffusers import EulerDiscreteScheduler
+
+            scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
+        set_schedule(scheduler, None, kept, device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        return scheduler, scheduler.timesteps[:-1]
+
+    def _encode(self, prompts, negatives, num_images_per_prompt, stages_spec, guidance, height, width):
+        """Conditioning per model; encoded once when both models share their text encoders."""
+        needs_negative: dict[str, bool] = {}
+        for model, _, _, scale in stages_spec:
+            network = self.family.network(self.pipeline_for(model))
+            needs_negative[model] = needs_negative.get(model, False) or runs_cfg(network, scale)
+        device = self.device
+        args = (num_images_per_prompt,)
+        if self.family.shares_text_encoders(self.base, self.distilled):
+            source = self.base if "base" in needs_negative else self.distilled
+            encoded = self.family.encode(
+                source, prompts, negatives, *args, any(needs_negative.values()), height, width, device
+            )
+            return dict.fromkeys(needs_negative, encoded)
+        return {
+            model: self.family.encode(
+                self.pipeline_for(model), prompts, negatives, *args, negative, height, width, device
+            )
+            for model, negative in needs_negative.items()
+        }
+
+    def _initial_latents(self, shape, first: Stage, skip: int, generator, latents, dtype, device):
+        """x_T as diffusers draws it; with skipped steps, pure noise scaled to the first timestep's convention."""
+        scheduler = first.scheduler
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if tuple(latents.shape) != tuple(shape):
+                raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+            latents = latents.to(device=device, dtype=dtype)
+        if skip == 0:
+            return latents * scheduler.init_noise_sigma
+        factor = vp_factor(fresh_scheduler_copy(scheduler), first.timesteps[0], latents)
+        return (latents * factor).to(dtype)
+
+
+def fresh_scheduler_copy(scheduler: Any) -> Any:
+    """A deep copy, so probing a scheduler does not advance the one the run uses."""
+    return copy.deepcopy(scheduler)
+
+
+def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:
+    if negative_prompt is None:
+        return None
+    negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != count:
+        raise ValueError(f"negative_prompt has {len(negatives)} entries for {count} prompts; give one per prompt.")
+    return negatives
