@@ -47,14 +47,16 @@ def sd_pair(scheduler: str = "euler_a", distilled_prediction: str = "epsilon"):
 
 
 class BaseForFirstCalls:
-    """Patch a distilled diffusers pipeline so its first `k` UNet calls run the base UNet with CFG.
+    """Patch a distilled diffusers pipeline so its first `k` UNet calls (or `base_calls`, 1-based) run the base UNet.
 
     This is the contract's reference: same pipeline, scheduler, generator and random draws; only the network
     (and guidance, with the base pipeline's own negative embeddings) differs for the first k calls.
     """
 
-    def __init__(self, base, distilled, k: int, guidance_scale: float, prompt: str, num_images: int = 1):
-        self.base_unet, self.k, self.scale, self.calls = base.unet, k, guidance_scale, 0
+    def __init__(self, base, distilled, k: int, guidance_scale: float, prompt: str, num_images: int = 1,
+                 base_calls: set[int] | None = None):
+        self.base_unet, self.scale, self.calls = base.unet, guidance_scale, 0
+        self.base_calls = set(range(1, k + 1)) if base_calls is None else base_calls
         self.distilled_forward = distilled.unet.forward
         self.sdxl = isinstance(base, StableDiffusionXLPipeline)
         if self.sdxl:
@@ -69,7 +71,7 @@ class BaseForFirstCalls:
     def __call__(self, sample, t, encoder_hidden_states=None, timestep_cond=None, cross_attention_kwargs=None,
                  added_cond_kwargs=None, return_dict=True, **kwargs):
         self.calls += 1
-        if self.calls > self.k:
+        if self.calls not in self.base_calls:
             return self.distilled_forward(sample, t, encoder_hidden_states=encoder_hidden_states,
                                           timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
                                           added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **kwargs)

@@ -10,7 +10,6 @@ from divdistill.testing.hub_cache import (
     build_offline_hub,
     repo_snapshot_dir,
 )
-
 from divdistill.testing.tiny import (
     SD21_BASE_SCHEDULER_CONFIG,
     SDXL_BASE_SCHEDULER_CONFIG,

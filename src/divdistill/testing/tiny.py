@@ -40,6 +40,8 @@ __all__ = [
     "tiny_text_encoder",
     "tiny_tokenizer",
     "tiny_vae",
+    "tiny_vocab",
+    "write_tokenizer_files",
 ]
 
 #: EulerDiscreteScheduler config shipped with ``stabilityai/stable-diffusion-xl-base-1.0``.

@@ -1,0 +1,129 @@
+"""Writing results: atomic image and JSON writes, and contact sheets.
+
+Atomic means: write a temporary file in the target's folder, flush it to disk, then `os.replace` it onto the
+final name. A crash at any point leaves either the old file or none, never a half-written one under the final
+name (resume logic relies on that). Temporary files are named `.<name>.<random>.tmp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+TEMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to `path`; on success it replaces `path`, on any error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete temporary files a killed process left behind in `folder` (only names `atomic_write` makes)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def save_image_atomic(image: Image.Image, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Save a PIL image (format from the suffix) atomically; `metadata` becomes PNG text chunks."""
+    path = Path(path)
+    extension = path.suffix.lower()
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None:
+        raise ValueError(f"Cannot tell the image format of {str(path)!r} from its suffix.")
+    options: dict[str, Any] = {}
+    if metadata and image_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in metadata.items():
+            info.add_text(key, value)
+        options["pnginfo"] = info
+    with atomic_write(path) as handle:
+        image.save(handle, format=image_format, **options)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def write_json_atomic(data: Any, path: str | Path, indent: int = 2) -> Path:
+    """Write `data` as JSON atomically (paths, numpy/torch scalars and dtypes are converted)."""
+    text = json.dumps(data, indent=indent, default=_json_default, ensure_ascii=False) + "\n"
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
+        return ImageFont.load_default()
+
+
+def contact_sheet(
+    images: Sequence[Image.Image],
+    columns: int,
+    labels: Sequence[str] | None = None,
+    background: tuple[int, int, int] = (255, 255, 255),
+    padding: int = 2,
+) -> Image.Image:
+    """A grid of `images`, `columns` wide, each cell as large as the largest image, with optional labels below."""
+    if not images:
+        raise ValueError("contact_sheet needs at least one image.")
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}.")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images; give one per image.")
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    cell_w = max(image.width for image in images)
+    cell_h = max(image.height for image in images)
+    font = _font(max(10, cell_w // 20)) if labels is not None else None
+    label_h = 0
+    if font is not None and labels is not None:
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        label_h = max(probe.textbbox((0, 0), text or " ", font=font)[3] for text in labels) + 2 * padding
+    sheet = Image.new(
+        "RGB",
+        (columns * cell_w + (columns + 1) * padding, rows * (cell_h + label_h) + (rows + 1) * padding),
+        background,
+    )
+    draw = ImageDraw.Draw(sheet)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        x = padding + column * (cell_w + padding)
+        y = padding + row * (cell_h + label_h + padding)
+        sheet.paste(image.convert("RGB"), (x + (cell_w - image.width) // 2, y + (cell_h - image.height) // 2))
+        if font is not None and labels is not None and labels[index]:
+            draw.text((x + padding, y + cell_h + padding), labels[index], fill=(0, 0, 0), font=font)
+    return sheet

@@ -1,0 +1,237 @@
+"""Load real pairs: presets and arbitrary base/distilled repos or paths, the way the model authors publish them.
+
+Everything goes through `from_pretrained` / `hf_hub_download`, so it works online, from a local Hugging Face
+cache with HF_HUB_OFFLINE=1, or from local folders. Missing weights give an error naming the repo, the file
+and how to fetch it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from divdistill.defaults import SamplingDefaults
+from divdistill.pipeline import HybridPipeline
+from divdistill.presets import Preset, get_preset
+
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lcm": ("LCMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "ddim": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "dpmpp": ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing"}),
+    "tcd": ("TCDScheduler", {}),
+}
+
+
+class WeightsNotFoundError(OSError):
+    """Model weights could not be found locally or downloaded."""
+
+
+def _fetch_hint(repo: str, filename: str | None) -> str:
+    target = f"{repo} {filename}" if filename else repo
+    return (
+        f"To get it, run `huggingface-cli download {target}` on a machine with network access (and unset "
+        "HF_HUB_OFFLINE), or pass cache_dir= / --cache-dir pointing at a Hugging Face cache that has it."
+    )
+
+
+def make_scheduler(name: str, base_config: Any, overrides: dict[str, Any] | None = None) -> Any:
+    """A scheduler by short name, built on the base model's training schedule (betas, prediction type)."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}.")
+    class_name, defaults = SCHEDULERS[name]
+    cls = getattr(diffusers, class_name)
+    return cls.from_config(base_config, **{**defaults, **(overrides or {})})
+
+
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return {"sdxl": StableDiffusionXLPipeline, "sd": StableDiffusionPipeline}[family]
+
+
+def _from_pretrained(loader, repo: str, what: str, **kwargs: Any):
+    """Call a diffusers `from_pretrained`, turning "not found" into an error that says how to get it."""
+    try:
+        return loader(repo, **kwargs)
+    except OSError as error:
+        subfolder = kwargs.get("subfolder")
+        raise WeightsNotFoundError(
+            f"Could not load the {what} from {repo!r}{f' (subfolder {subfolder!r})' if subfolder else ''}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. {_fetch_hint(repo, None)}"
+        ) from error
+
+
+def resolve_file(repo_or_dir: str, filename: str, cache_dir: str | None = None) -> Path:
+    """Path of `filename` in a local folder or a hub repo (downloaded or taken from the cache)."""
+    local = Path(repo_or_dir) / filename
+    if local.is_file():
+        return local
+    if Path(filename).is_file():
+        return Path(filename)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_or_dir, filename, cache_dir=cache_dir))
+    except Exception as error:  # hub raises several unrelated types for "not there"
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise WeightsNotFoundError(
+            f"Could not find {filename!r} in {repo_or_dir!r}{offline}: {type(error).__name__}. "
+            f"{_fetch_hint(repo_or_dir, filename)}"
+        ) from error
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A raw state dict from .safetensors or a torch pickle (.bin/.pt/.pth), loaded safely."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def unet_from_state_dict(config: Any, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype | None):
+    """Build a UNet of `config` holding `state` (DMD2 / Lightning publish raw state dicts for the base config)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    expected = set(unet.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not fit the base UNet config: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). Is it a UNet for this base model?"
+        )
+    shapes = [k for k, v in unet.state_dict().items() if tuple(v.shape) != tuple(state[k].shape)]
+    if shapes:
+        raise ValueError(f"{source} has tensors of the wrong shape for the base UNet config, e.g. {shapes[:3]}.")
+    unet.load_state_dict(state, strict=True, assign=True)
+    return unet.to(dtype=dtype or next(iter(state.values())).dtype).eval()
+
+
+def load_distilled_unet(preset: Preset, base: Any, num_inference_steps: int | None, cache_dir, torch_dtype):
+    """The preset's distilled UNet, from a raw file, a subfolder or a repo root."""
+    from diffusers import UNet2DConditionModel
+
+    filename = preset.unet_file(num_inference_steps)
+    if filename is not None:
+        path = resolve_file(preset.distilled_repo, filename, cache_dir)
+        state = load_state_dict_file(path)
+        dtype = torch_dtype or base.unet.dtype
+        return unet_from_state_dict(base.unet.config, state, f"{preset.distilled_repo}/{filename}", dtype)
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir, "torch_dtype": torch_dtype}
+    if preset.unet_subfolder:
+        kwargs["subfolder"] = preset.unet_subfolder
+    return _from_pretrained(UNet2DConditionModel.from_pretrained, preset.distilled_repo, "distilled UNet", **kwargs)
+
+
+def load_preset(
+    name: str,
+    torch_dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | None = None,
+    num_inference_steps: int | None = None,
+    variant: str | None = None,
+    **overrides: Any,
+) -> HybridPipeline:
+    """HybridPipeline for a named preset; `overrides` replace sampling defaults (e.g. base_guidance_scale=0)."""
+    preset = get_preset(name)
+    pipeline_class = _pipeline_class(preset.family)
+    base_kwargs: dict[str, Any] = {"cache_dir": cache_dir, "torch_dtype": torch_dtype}
+    if variant:
+        base_kwargs["variant"] = variant
+    base = _from_pretrained(pipeline_class.from_pretrained, preset.base_repo, "base pipeline", **base_kwargs)
+    unet = load_distilled_unet(preset, base, num_inference_steps, cache_dir, torch_dtype)
+    scheduler = make_scheduler(preset.scheduler, base.scheduler.config, preset.scheduler_overrides)
+    distilled = pipeline_class(**{**base.components, "unet": unet, "scheduler": scheduler})
+    defaults = preset.defaults.updated(num_inference_steps=num_inference_steps, **overrides)
+    pipe = HybridPipeline(base, distilled, defaults=defaults, name=name)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def load_pair(
+    base: str,
+    distilled: str,
+    distilled_unet: str | None = None,
+    scheduler: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | None = None,
+    defaults: SamplingDefaults | None = None,
+) -> HybridPipeline:
+    """Any pair from paths or repo ids.
+
+    `distilled` is a full pipeline (its own components are used), a UNet repo/folder (root or `unet/`
+    subfolder; the base's encoders and VAE are shared), or, with `distilled_unet`, the repo/folder holding a raw
+    UNet state-dict file for the base UNet config. `scheduler` (see SCHEDULERS) replaces the distilled
+    pipeline's scheduler; without one, a UNet-only distilled model gets LCM.
+    """
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    base_pipe = _from_pretrained(
+        DiffusionPipeline.from_pretrained, base, "base pipeline", cache_dir=cache_dir, torch_dtype=torch_dtype
+    )
+    pipeline_class = type(base_pipe)
+    if distilled_unet is not None:
+        path = resolve_file(distilled, distilled_unet, cache_dir)
+        unet = unet_from_state_dict(
+            base_pipe.unet.config, load_state_dict_file(path), str(path), torch_dtype or base_pipe.unet.dtype
+        )
+        distilled_pipe = pipeline_class(**{**base_pipe.components, "unet": unet})
+    elif _is_pipeline(distilled, cache_dir):
+        distilled_pipe = _from_pretrained(
+            DiffusionPipeline.from_pretrained,
+            distilled,
+            "distilled pipeline",
+            cache_dir=cache_dir,
+            torch_dtype=torch_dtype,
+        )
+    else:
+        subfolder = "unet" if _has_unet_subfolder(distilled, cache_dir) else None
+        unet = _from_pretrained(
+            UNet2DConditionModel.from_pretrained,
+            distilled,
+            "distilled UNet",
+            cache_dir=cache_dir,
+            torch_dtype=torch_dtype,
+            subfolder=subfolder,
+        )
+        distilled_pipe = pipeline_class(**{**base_pipe.components, "unet": unet})
+        scheduler = scheduler or "lcm"
+    if scheduler is not None:
+        distilled_pipe.scheduler = make_scheduler(scheduler, base_pipe.scheduler.config)
+    pipe = HybridPipeline(base_pipe, distilled_pipe, defaults=defaults or SamplingDefaults())
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def _exists(repo_or_dir: str, filename: str, cache_dir: str | None) -> bool:
+    if Path(repo_or_dir).is_dir():
+        return (Path(repo_or_dir) / filename).is_file()
+    try:
+        resolve_file(repo_or_dir, filename, cache_dir)
+        return True
+    except WeightsNotFoundError:
+        return False
+
+
+def _is_pipeline(repo_or_dir: str, cache_dir: str | None) -> bool:
+    return _exists(repo_or_dir, "model_index.json", cache_dir)
+
+
+def _has_unet_subfolder(repo_or_dir: str, cache_dir: str | None) -> bool:
+    return _exists(repo_or_dir, "unet/config.json", cache_dir)

@@ -1,0 +1,175 @@
+"""Named model pairs with the settings their authors publish.
+
+Data only: repo ids, weight files, scheduler, timesteps, resolution and guidance. `divdistill.loading` turns a
+preset into a HybridPipeline. Sources: the model cards of DMD2 (tianweiy/DMD2), SDXL-Lightning
+(ByteDance/SDXL-Lightning), SDXL-Turbo and SD-Turbo (stabilityai), LCM-SDXL (latent-consistency/lcm-sdxl).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from divdistill.defaults import SamplingDefaults
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A base/distilled pair.
+
+    The distilled UNet comes from `distilled_repo` as one of: a raw state-dict file for the base UNet config
+    (`unet_files`, keyed by step count when the authors publish one file per step count), a `unet_subfolder`
+    of a full pipeline repo, or a UNet saved at the repo root (`unet_subfolder=None`, no files). Text encoders,
+    tokenizers and VAE are always the base's (the distilled models were trained with them frozen), so prompts
+    are encoded once per call.
+    """
+
+    name: str
+    family: str
+    description: str
+    base_repo: str
+    distilled_repo: str
+    scheduler: str
+    defaults: SamplingDefaults
+    unet_files: dict[int, str] = field(default_factory=dict)
+    unet_subfolder: str | None = None
+    scheduler_overrides: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    def unet_file(self, num_inference_steps: int | None) -> str | None:
+        """The weight file for a step count (Lightning publishes one per count)."""
+        if not self.unet_files:
+            return None
+        steps = num_inference_steps or self.defaults.num_inference_steps
+        if steps in self.unet_files:
+            return self.unet_files[steps]
+        if len(self.unet_files) == 1:
+            return next(iter(self.unet_files.values()))
+        raise ValueError(
+            f"Preset {self.name!r} publishes weights for {sorted(self.unet_files)} steps, not {steps}; "
+            f"pass num_inference_steps as one of {sorted(self.unet_files)}."
+        )
+
+    def summary(self) -> dict[str, Any]:
+        d = self.defaults
+        return {
+            "name": self.name,
+            "family": self.family,
+            "base": self.base_repo,
+            "distilled": self.distilled_repo,
+            "files": self.unet_files or None,
+            "scheduler": self.scheduler,
+            "steps": d.num_inference_steps,
+            "timesteps": list(d.timesteps) if d.timesteps else None,
+            "guidance": d.guidance_scale,
+            "base_guidance": d.base_guidance_scale,
+            "resolution": d.height,
+            "mode": d.mode,
+            "description": self.description,
+        }
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            name="sdxl-dmd2",
+            family="sdxl",
+            description="SDXL-base + DMD2 4-step (the paper's main pair)",
+            base_repo=SDXL_BASE,
+            distilled_repo="tianweiy/DMD2",
+            unet_files={4: "dmd2_sdxl_4step_unet_fp16.bin"},
+            scheduler="lcm",
+            defaults=SamplingDefaults(
+                num_inference_steps=4,
+                timesteps=(999, 749, 499, 249),
+                guidance_scale=0.0,
+                base_guidance_scale=5.0,
+                height=1024,
+                width=1024,
+            ),
+        ),
+        Preset(
+            name="sdxl-dmd2-1step",
+            family="sdxl",
+            description="SDXL-base + DMD2 1-step (noise fed at t=399; defaults to the distilled model alone)",
+            base_repo=SDXL_BASE,
+            distilled_repo="tianweiy/DMD2",
+            unet_files={1: "dmd2_sdxl_1step_unet_fp16.bin"},
+            scheduler="lcm",
+            defaults=SamplingDefaults(
+                num_inference_steps=1,
+                timesteps=(399,),
+                guidance_scale=0.0,
+                base_guidance_scale=5.0,
+                base_steps=0,
+                mode="distilled",
+                height=1024,
+                width=1024,
+            ),
+            notes="A one-step generator has no later step to hand off to; use explicit segments for experiments.",
+        ),
+        Preset(
+            name="sdxl-lightning",
+            family="sdxl",
+            description="SDXL-base + SDXL-Lightning (2/4/8-step UNet files)",
+            base_repo=SDXL_BASE,
+            distilled_repo="ByteDance/SDXL-Lightning",
+            unet_files={n: f"sdxl_lightning_{n}step_unet.safetensors" for n in (2, 4, 8)},
+            scheduler="euler",
+            scheduler_overrides={"timestep_spacing": "trailing"},
+            defaults=SamplingDefaults(
+                num_inference_steps=4, guidance_scale=0.0, base_guidance_scale=5.0, height=1024, width=1024
+            ),
+        ),
+        Preset(
+            name="sdxl-turbo",
+            family="sdxl",
+            description="SDXL-base + SDXL-Turbo (ADD; 512 px, 1-4 steps)",
+            base_repo=SDXL_BASE,
+            distilled_repo="stabilityai/sdxl-turbo",
+            unet_subfolder="unet",
+            scheduler="euler_a",
+            scheduler_overrides={"timestep_spacing": "trailing"},
+            defaults=SamplingDefaults(
+                num_inference_steps=4, guidance_scale=0.0, base_guidance_scale=5.0, height=512, width=512
+            ),
+        ),
+        Preset(
+            name="sdxl-lcm",
+            family="sdxl",
+            description="SDXL-base + LCM-SDXL (guidance as a w-embedding)",
+            base_repo=SDXL_BASE,
+            distilled_repo="latent-consistency/lcm-sdxl",
+            unet_subfolder=None,
+            scheduler="lcm",
+            defaults=SamplingDefaults(
+                num_inference_steps=4, guidance_scale=8.0, base_guidance_scale=5.0, height=1024, width=1024
+            ),
+        ),
+        Preset(
+            name="sd21-turbo",
+            family="sd",
+            description="SD 2.1-base + SD-Turbo (the paper's appendix pair; 512 px)",
+            base_repo=SD21_BASE,
+            distilled_repo="stabilityai/sd-turbo",
+            unet_subfolder="unet",
+            scheduler="euler_a",
+            scheduler_overrides={"timestep_spacing": "trailing"},
+            defaults=SamplingDefaults(
+                num_inference_steps=4, guidance_scale=0.0, base_guidance_scale=7.5, height=512, width=512
+            ),
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset, with the list of known names in the error."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.") from None
