@@ -115,16 +115,28 @@ def run_interleaved(
                 variant.peak_bytes.append(torch.cuda.max_memory_allocated(device))
 
     for index in range(warmup):
+        started = time.perf_counter()
         for variant in variants:
             once(variant, record=False)
         if log:
-            log(f"warm-up {index + 1}/{warmup} done")
+            log(f"warm-up {index + 1}/{warmup} done in {time.perf_counter() - started:.1f}s")
     for index in range(rounds):
+        started = time.perf_counter()
         order = list(variants) if index % 2 == 0 else list(reversed(variants))
         for variant in order:
             once(variant, record=True)
         if log:
-            log(f"round {index + 1}/{rounds}: " + ", ".join(f"{v.name} {v.seconds[-1]:.3f}s" for v in variants))
+            log(f"round {index + 1}/{rounds} done in {time.perf_counter() - started:.1f}s")
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers info and warnings (LCM's "custom timestep" notice, unused config keys),
+    which would otherwise print on every call."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
 
 
 def median(values: Sequence[float]) -> float:

@@ -55,6 +55,7 @@ from _bench import (
     median,
     nfe_target,
     paired_ratio,
+    quiet_libraries,
     run_interleaved,
     seeded,
     table,
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    quiet_libraries()
     started = time.perf_counter()
     device = torch.device("cpu")
     base, distilled = build_pair()
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     everything = sets["latent"] + sets["np"]
     # One interleaved schedule over both sets, so both see the same machine load.
     run_interleaved(
-        everything, args.rounds, meter, device, warmup=args.warmup, log=lambda m: print("  " + m[:160], flush=True)
+        everything, args.rounds, meter, device, warmup=args.warmup, log=lambda m: print("  " + m, flush=True)
     )
     meter.close()
 

@@ -14,6 +14,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Tiny models gain nothing from intra-op threads, and threads collapse when the cores are shared.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 

@@ -116,8 +116,10 @@ def unet_from_state_dict(config: Any, state: dict[str, torch.Tensor], source: st
     shapes = [k for k, v in unet.state_dict().items() if tuple(v.shape) != tuple(state[k].shape)]
     if shapes:
         raise ValueError(f"{source} has tensors of the wrong shape for the base UNet config, e.g. {shapes[:3]}.")
+    dtype = dtype or next(iter(state.values())).dtype
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     unet.load_state_dict(state, strict=True, assign=True)
-    return unet.to(dtype=dtype or next(iter(state.values())).dtype).eval()
+    return unet.eval()
 
 
 def load_distilled_unet(preset: Preset, base: Any, num_inference_steps: int | None, cache_dir, torch_dtype):

@@ -1,0 +1,115 @@
+"""The `divdistill` command: `divdistill generate ...`, `divdistill presets`.
+
+Bad input (unknown preset, missing or conflicting options, a bad CSV, settings the sampler rejects, weights
+that cannot be found) prints one line on stderr and exits with code 2; `divdistill --traceback ...` shows the
+full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from divdistill.cli import CLIError, generate
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (exit code 2) instead of the whole usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> ArgumentParser:
+    from divdistill import __version__
+
+    parser = ArgumentParser(
+        prog="divdistill",
+        description="Diversity distillation: sample with a base model for the first steps and its distilled "
+        "model for the rest (Gandikota & Bau, 2025).",
+    )
+    parser.add_argument("--version", action="version", version=f"divdistill {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    generate.add_parser(commands)
+    presets = commands.add_parser("presets", help="list the named model pairs and their settings")
+    presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    presets.set_defaults(func=run_presets)
+    return parser
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    try:
+        from divdistill.presets import PRESETS
+    except ImportError:
+        raise CLIError("presets are not available in this installation") from None
+    summaries = [preset.summary() for preset in PRESETS.values()]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    header = ("name", "steps", "timesteps", "cfg", "base cfg", "size", "scheduler", "base", "distilled")
+    rows = [header]
+    for s in summaries:
+        files = s.get("files") or {}
+        distilled = s["distilled"] + (f" [{', '.join(files.values())}]" if files else "")
+        rows.append(
+            (
+                s["name"],
+                str(s["steps"]),
+                ",".join(map(str, s["timesteps"])) if s.get("timesteps") else "-",
+                f"{s['guidance']:g}",
+                f"{s['base_guidance']:g}",
+                f"{s['resolution']}px" if s.get("resolution") else "-",
+                s["scheduler"],
+                s["base"],
+                distilled,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _exit_code(error: BaseException) -> int | None:
+    """2 for bad input, 1 for other I/O failures, None for bugs (let them raise)."""
+    if isinstance(error, (CLIError, ValueError)):
+        return 2
+    if isinstance(error, OSError):
+        try:
+            from divdistill.loading import WeightsNotFoundError
+        except ImportError:
+            return 1
+        return 2 if isinstance(error, WeightsNotFoundError) else 1
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `divdistill` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"divdistill {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        code = _exit_code(error)
+        if code is None or args.traceback:
+            raise
+        print(f"divdistill {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return code
+
+
+def _one_line(error: Any) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
