@@ -28,7 +28,11 @@ def sdxl_pair(scheduler: str = "lcm", lcm_unet: bool = False):
         unet = tiny_sdxl_components(seed=5, time_cond_proj_dim=256)["unet"]
     else:
         unet = perturbed_unet(components["unet"], seed=1, scale=0.5)
-    distilled_components = {**components, "unet": unet, "scheduler": SCHEDULERS[scheduler](components["scheduler"].config)}
+    distilled_components = {
+        **components,
+        "unet": unet,
+        "scheduler": SCHEDULERS[scheduler](components["scheduler"].config),
+    }
     distilled = StableDiffusionXLPipeline(**distilled_components)
     for pipe in (base, distilled):
         pipe.set_progress_bar_config(disable=True)
@@ -53,36 +57,63 @@ class BaseForFirstCalls:
     (and guidance, with the base pipeline's own negative embeddings) differs for the first k calls.
     """
 
-    def __init__(self, base, distilled, k: int, guidance_scale: float, prompt: str, num_images: int = 1,
-                 base_calls: set[int] | None = None):
+    def __init__(
+        self,
+        base,
+        distilled,
+        k: int,
+        guidance_scale: float,
+        prompt: str,
+        num_images: int = 1,
+        base_calls: set[int] | None = None,
+    ):
         self.base_unet, self.scale, self.calls = base.unet, guidance_scale, 0
         self.base_calls = set(range(1, k + 1)) if base_calls is None else base_calls
         self.distilled_forward = distilled.unet.forward
         self.sdxl = isinstance(base, StableDiffusionXLPipeline)
         if self.sdxl:
-            _, neg, _, neg_pooled = base.encode_prompt(prompt, num_images_per_prompt=num_images,
-                                                       do_classifier_free_guidance=True)
+            _, neg, _, neg_pooled = base.encode_prompt(
+                prompt, num_images_per_prompt=num_images, do_classifier_free_guidance=True
+            )
             self.negative = (neg, neg_pooled)
         else:
             _, neg = base.encode_prompt(prompt, "cpu", num_images, True)
             self.negative = (neg, None)
         distilled.unet.forward = self
 
-    def __call__(self, sample, t, encoder_hidden_states=None, timestep_cond=None, cross_attention_kwargs=None,
-                 added_cond_kwargs=None, return_dict=True, **kwargs):
+    def __call__(
+        self,
+        sample,
+        t,
+        encoder_hidden_states=None,
+        timestep_cond=None,
+        cross_attention_kwargs=None,
+        added_cond_kwargs=None,
+        return_dict=True,
+        **kwargs,
+    ):
         self.calls += 1
         if self.calls not in self.base_calls:
-            return self.distilled_forward(sample, t, encoder_hidden_states=encoder_hidden_states,
-                                          timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
-                                          added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **kwargs)
+            return self.distilled_forward(
+                sample,
+                t,
+                encoder_hidden_states=encoder_hidden_states,
+                timestep_cond=timestep_cond,
+                cross_attention_kwargs=cross_attention_kwargs,
+                added_cond_kwargs=added_cond_kwargs,
+                return_dict=return_dict,
+                **kwargs,
+            )
         neg, neg_pooled = self.negative
         guided = self.scale > 1
         x = torch.cat([sample, sample]) if guided else sample
         hidden = torch.cat([neg, encoder_hidden_states]) if guided else encoder_hidden_states
         added = added_cond_kwargs
         if added is not None and guided:
-            added = {"text_embeds": torch.cat([neg_pooled, added["text_embeds"]]),
-                     "time_ids": torch.cat([added["time_ids"], added["time_ids"]])}
+            added = {
+                "text_embeds": torch.cat([neg_pooled, added["text_embeds"]]),
+                "time_ids": torch.cat([added["time_ids"], added["time_ids"]]),
+            }
         out = self.base_unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
         if guided:
             uncond, cond = out.chunk(2)

@@ -89,7 +89,7 @@ def test_any_pair_from_local_folders_and_a_raw_unet_file(offline_hub, tmp_path) 
     assert torch.equal(pipe.distilled.unet.conv_in.weight, unet_state["conv_in.weight"])
 
     save_file({"conv_in.weight": torch.zeros(1)}, str(tmp_path / "broken.safetensors"))
-    with pytest.raises(ValueError, match="does not fit the base UNet config: .* missing keys"):
+    with pytest.raises(ValueError, match=r"does not fit the base UNet config: .* missing keys"):
         load_pair(str(tmp_path / "base"), str(tmp_path), distilled_unet="broken.safetensors")
 
 

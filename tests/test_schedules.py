@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pairs import sd_pair, sdxl_pair
 
 from divdistill import HybridPipeline, PairMismatchError, Segment
 from divdistill.schedule import parse_segments, plan_segments
+from pairs import sd_pair, sdxl_pair
 
 SIZE = {"height": 64, "width": 64}
 LCM4 = [999, 749, 499, 249]
@@ -22,8 +22,14 @@ def lcm_pipe() -> HybridPipeline:
 
 def record(pipe, **kwargs):
     steps = []
-    out = pipe("a cat", generator=torch.Generator().manual_seed(0), output_type="latent", callback=steps.append,
-               **SIZE, **kwargs)
+    out = pipe(
+        "a cat",
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        callback=steps.append,
+        **SIZE,
+        **kwargs,
+    )
     return out, steps
 
 
@@ -32,7 +38,7 @@ def test_own_schedule_hands_off_at_the_distilled_timestep_in_the_right_conventio
     base_steps = [s for s in steps if s.model == "base"]
     # SDXL base: Euler, leading spacing, 50 steps -> 981, 961, ..., 761 lie above the hand-off at 749.
     assert [s.timestep for s in base_steps] == [float(t) for t in range(981, 749, -20)]
-    assert [s.timestep for s in steps[len(base_steps):]] == [749.0, 499.0, 249.0]
+    assert [s.timestep for s in steps[len(base_steps) :]] == [749.0, 499.0, 249.0]
     # The base's last latent is x0 + sigma*eps (Euler); LCM continues on the VP latent at t=749.
     abar = lcm_pipe.base.scheduler.alphas_cumprod[749]
     sigma = ((1 - abar) / abar) ** 0.5
@@ -86,7 +92,7 @@ def test_output_types(lcm_pipe) -> None:
     array = lcm_pipe("a", generator=torch.Generator().manual_seed(0), output_type="np", **common).images
     latent = lcm_pipe("a", generator=torch.Generator().manual_seed(0), output_type="latent", **common).images
     assert len(pil) == 2 and pil[0].size == (64, 64)
-    assert array.shape == (1, 64, 64, 3) and 0 <= array.min() and array.max() <= 1
+    assert array.shape == (1, 64, 64, 3) and array.min() >= 0 and array.max() <= 1
     assert latent.shape == (1, 4, 32, 32)  # the tiny VAE downsamples by 2
 
 

@@ -60,9 +60,7 @@ def read_prompts_csv(path: str | Path) -> list[Job]:
         if not columns:
             raise JobError(f"Prompt file {str(path)!r} is empty; it needs a header row with a 'prompt' column.")
         if "prompt" not in columns:
-            raise JobError(
-                f"Prompt file {str(path)!r} has no 'prompt' column (columns: {', '.join(columns)})."
-            )
+            raise JobError(f"Prompt file {str(path)!r} has no 'prompt' column (columns: {', '.join(columns)}).")
         reader.fieldnames = columns
         rows = list(reader)
     if not rows:

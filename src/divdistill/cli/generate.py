@@ -46,15 +46,22 @@ MODES = ("hybrid", "base", "distilled", "reverse")  # as divdistill.schedule.MOD
 
 
 # ----------------------------------------------------------------------------------------------- arguments
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -80,9 +87,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     model = parser.add_argument_group("model: --preset, or --base and --distilled")
     model.add_argument("--preset", help="a named pair (see `divdistill presets`)")
     model.add_argument("--base", metavar="PATH_OR_REPO", help="base diffusers pipeline")
-    model.add_argument("--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo of --distilled-unet")
+    model.add_argument(
+        "--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo of --distilled-unet"
+    )
     model.add_argument("--distilled-unet", metavar="FILE", help="raw distilled UNet state dict inside --distilled")
-    model.add_argument("--scheduler", metavar="NAME", help="scheduler for the distilled model (lcm, euler, euler_a, ...)")
+    model.add_argument(
+        "--scheduler", metavar="NAME", help="scheduler for the distilled model (lcm, euler, euler_a, ...)"
+    )
     model.add_argument("--cache-dir", help="Hugging Face cache folder")
 
     prompts = parser.add_argument_group("prompts and seeds")
@@ -97,7 +108,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sampling = parser.add_argument_group("sampling (unset: the pair's defaults)")
     sampling.add_argument("--mode", choices=MODES, help="hybrid (default), base, distilled or reverse")
     sampling.add_argument("--base-steps", type=_non_negative_int, help="steps the base model runs (hybrid/reverse)")
-    sampling.add_argument("--base-schedule", choices=("shared", "own"), help="base on the distilled schedule or its own")
+    sampling.add_argument(
+        "--base-schedule", choices=("shared", "own"), help="base on the distilled schedule or its own"
+    )
     sampling.add_argument("--base-num-inference-steps", type=_positive_int, help="the base's own step count")
     sampling.add_argument("--segments", help="explicit segments, e.g. 'base:1,distilled:3' (replaces --mode)")
     sampling.add_argument("--skip-first-steps", type=_non_negative_int, default=0, help="start at the k-th timestep")
@@ -141,8 +154,11 @@ def check_args(args: argparse.Namespace) -> None:
         if args.preset not in PRESETS:
             raise CLIError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.segments is not None:
-        given = [f"--{name.replace('_', '-')}" for name in ("mode", "base_steps", "base_schedule")
-                 if getattr(args, name) is not None]
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("mode", "base_steps", "base_schedule")
+            if getattr(args, name) is not None
+        ]
         if given:
             raise CLIError(f"--segments replaces {', '.join(given)}; give one or the other")
         from divdistill.schedule import parse_segments
@@ -453,11 +469,16 @@ def run_generate(args: argparse.Namespace) -> int:
     if pending:
         pipe = build_pipeline(args, device, dtype)
         pipe.set_progress_bar_config(disable=True)
-        context = {"model": {"name": getattr(pipe, "name", None)}, "environment": environment(device, dtype_name, state)}
+        context = {
+            "model": {"name": getattr(pipe, "name", None)},
+            "environment": environment(device, dtype_name, state),
+        }
         per_image = args.prompts is None
         total = len(pending[0].seeds) if per_image else len(pending)
         with tqdm(
-            total=total, unit="image" if per_image else "job", desc=f"generate{where}",
+            total=total,
+            unit="image" if per_image else "job",
+            desc=f"generate{where}",
             disable=not state.is_local_main_process,
         ) as bar:
             calls = generate(pipe, pending, args, request, device, context, progress=bar, per_image=per_image)

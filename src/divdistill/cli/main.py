@@ -54,7 +54,12 @@ def run_presets(args: argparse.Namespace) -> int:
     rows = [header]
     for s in summaries:
         files = s.get("files") or {}
-        distilled = s["distilled"] + (f" [{', '.join(files.values())}]" if files else "")
+        if len(files) == 1:
+            distilled = f"{s['distilled']} [{next(iter(files.values()))}]"
+        elif files:
+            distilled = f"{s['distilled']} [files for {'/'.join(map(str, files))} steps]"
+        else:
+            distilled = s["distilled"]
         rows.append(
             (
                 s["name"],
