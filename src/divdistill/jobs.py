@@ -25,12 +25,13 @@ class JobError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """One prompt to generate. `id` names its output folder; `seed` is the first image's seed."""
+    """One prompt to generate. `id` names its output folder; `seed` is the first image's seed (None: the run's
+    default); `row` is the 0-based data row of the prompt file it came from."""
 
     id: str
     prompt: str
     seed: int | None = None
-    row: int = 0
+    row: int | None = None
 
     def seeds(self, count: int, default_seed: int) -> list[int]:
         """Seeds of the job's `count` images: its own seed (or `default_seed`) plus 0, 1, ..."""

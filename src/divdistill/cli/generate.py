@@ -1,5 +1,12 @@
 """`divdistill generate`: images from a preset or any base/distilled pair, for one prompt or a CSV of prompts.
 
+Examples
+--------
+    divdistill generate --preset sdxl-dmd2 --prompt "cartoon character" -n 8 --seed 0 --base-steps 1 --out DIR
+    divdistill generate --base REPO --distilled REPO --distilled-unet FILE --scheduler lcm --prompt ... --out DIR
+    accelerate launch --num_processes 8 -m divdistill.cli.main generate --preset sdxl-dmd2 \\
+        --prompts coco_30k.csv --batch-size 4 --out DIR        (on a CPU-only machine add --multi_gpu, see below)
+
 Output layout
 -------------
 One prompt (`--prompt`), OUT is the job's folder:
@@ -14,11 +21,17 @@ Seeds: image i of a job has seed s + i, where s is the row's `evaluation_seed` o
 with its own `torch.Generator(device).manual_seed(s + i)`; an image does not depend on which batch it shared
 (up to float rounding of batched kernels, so compare runs made with the same --batch-size bit for bit).
 
+run.json holds the prompt, seeds and files (with the pipeline call that made each), the request (every setting
+that decides the images), the resolved settings, the per-step record (model, timestep, guidance, NFE per step),
+NFE per image, each call's wall time (the whole pipeline: encoding, every base and distilled step, decoding) and
+their sum, the model name and the environment.
+
 Resume: every file is written atomically and run.json last, so a job is finished exactly when its run.json
 lists files that exist. Rerunning the same command skips finished jobs; a finished job made with other settings
 or another prompt is an error unless --overwrite. Under `accelerate launch --num_processes N` the jobs are split
 (strided, by `accelerate.PartialState`) so each runs in exactly one process; the main process writes the
-manifest after all are done.
+manifest after all are done. accelerate 1.15's `--cpu` launches a single process (several need mpirun);
+`--multi_gpu` launches N processes through torchrun, which on a machine without GPUs join as a CPU (gloo) group.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +95,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "generate",
         help="generate images (hybrid base/distilled sampling) for a prompt or a CSV of prompts",
-        description="Generate images with a base/distilled pair. " + __doc__.split("\n\n", 1)[1],
+        description="Generate images with a base/distilled pair.\n\n" + __doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     model = parser.add_argument_group("model: --preset, or --base and --distilled")
@@ -207,7 +221,8 @@ def process_state(device_arg: str | None) -> Any:
     """accelerate's PartialState: this process's index and count under `accelerate launch`, else 0 of 1.
 
     On a machine without accelerators (or with --device cpu) it is created with cpu=True, which is what makes
-    PartialState join a multi-process CPU launch (gloo) instead of reporting a single process.
+    PartialState join a multi-process CPU launch (torchrun's RANK/WORLD_SIZE, gloo) instead of reporting a
+    single process.
     """
     import torch
     from accelerate import PartialState
@@ -220,7 +235,8 @@ def process_state(device_arg: str | None) -> Any:
     else:
         mps = getattr(torch.backends, "mps", None)
         cpu = not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
-    return PartialState(cpu=cpu)
+    # The final barrier waits for the slowest process, which after a lopsided resume can take hours.
+    return PartialState(cpu=cpu, timeout=timedelta(hours=12))
 
 
 def resolve_device(device_arg: str | None, state: Any) -> torch.device:
@@ -290,10 +306,16 @@ def plan_job(job: Job, folder: Path, args: argparse.Namespace) -> JobRun:
 
 
 def start_job(run: JobRun) -> None:
-    """Make the folder and invalidate an older result there before the first new file lands."""
+    """Make the folder and retire an older result there (its sidecar first) before the first new file lands."""
     run.folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run.folder)
+    old = read_sidecar(run.folder)
     (run.folder / SIDECAR).unlink(missing_ok=True)
+    if old is not None:  # files an earlier run listed and this one will not rewrite (e.g. it had more images)
+        listed = [image.get("file") for image in old.get("images", [])] + [old.get("contact_sheet")]
+        for name in listed:
+            if isinstance(name, str) and name not in run.files and Path(name).name == name:
+                (run.folder / name).unlink(missing_ok=True)
 
 
 def finish_job(run: JobRun, args: argparse.Namespace, request: dict[str, Any], context: dict[str, Any]) -> None:
@@ -344,6 +366,7 @@ def generate(
 
     units = [(run, index) for run in runs for index in range(len(run.seeds))]
     kwargs = call_kwargs(args)
+    settings = json.dumps({key: request[key] for key in ("model", "dtype", "sampling")})  # PNG text: what made it
     calls = 0
     for start in range(0, len(units), args.batch_size):
         chunk = units[start : start + args.batch_size]
@@ -354,7 +377,7 @@ def generate(
         output = pipe([run.job.prompt for run, _ in chunk], generator=generators, output_type="pil", **kwargs)
         touched: dict[int, JobRun] = {}
         for (run, index), image in zip(chunk, output.images):
-            metadata = {"prompt": run.job.prompt, "seed": str(run.seeds[index]), "divdistill": json.dumps(request)}
+            metadata = {"prompt": run.job.prompt, "seed": str(run.seeds[index]), "divdistill": settings}
             save_image_atomic(image, run.folder / run.files[index], metadata=metadata)
             run.images.append(image)
             touched[id(run)] = run

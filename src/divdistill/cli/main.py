@@ -95,7 +95,10 @@ def _exit_code(error: BaseException) -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `divdistill` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error already printed as one line
+        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 2)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
