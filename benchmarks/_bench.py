@@ -32,14 +32,19 @@ def seeded(seed: int, device: str | torch.device = "cpu"):
 
 
 class UNetMeter:
-    """Forward hooks on the UNets: how many sample rows went through them (NFE x images) and, optionally, the
-    seconds spent inside them. Counting rows (not calls) makes a CFG call (batch 2 per image) count 2 NFE."""
+    """Forward hooks on the UNets: how many sample rows went through them (NFE x images) and the seconds spent
+    inside them. Counting rows (not calls) makes a CFG call (batch 2 per image) count 2 NFE.
 
-    def __init__(self, unets: Sequence[torch.nn.Module], time_calls: bool = True):
+    On CUDA the time inside comes from CUDA events recorded by the hooks (no synchronisation inside the run, so
+    measuring does not change what is measured); read `seconds` after the device has been synchronised.
+    """
+
+    def __init__(self, unets: Sequence[torch.nn.Module], device: torch.device | None = None):
+        self.cuda = device is not None and torch.device(device).type == "cuda"
         self.rows = 0
-        self.seconds = 0.0
-        self.time_calls = time_calls
+        self._cpu_seconds = 0.0
         self._started: float | None = None
+        self._events: list[tuple[Any, Any]] = []
         self._handles = []
         for unet in {id(u): u for u in unets}.values():
             self._handles.append(unet.register_forward_pre_hook(self._pre, with_kwargs=True))
@@ -48,16 +53,30 @@ class UNetMeter:
     def _pre(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
         self.rows += int(sample.shape[0])
-        if self.time_calls:
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._events.append((start, None))
+        else:
             self._started = time.perf_counter()
 
     def _post(self, module, args, output):
-        if self.time_calls and self._started is not None:
-            self.seconds += time.perf_counter() - self._started
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events[-1] = (self._events[-1][0], end)
+        elif self._started is not None:
+            self._cpu_seconds += time.perf_counter() - self._started
             self._started = None
 
+    @property
+    def seconds(self) -> float:
+        if self.cuda:
+            return sum(start.elapsed_time(end) for start, end in self._events if end is not None) / 1000.0
+        return self._cpu_seconds
+
     def reset(self) -> None:
-        self.rows, self.seconds = 0, 0.0
+        self.rows, self._cpu_seconds, self._events = 0, 0.0, []
 
     def close(self) -> None:
         for handle in self._handles:
@@ -74,6 +93,8 @@ class Variant:
     seconds: list[float] = field(default_factory=list)
     unet_seconds: list[float] = field(default_factory=list)
     peak_bytes: list[int] = field(default_factory=list)
+    resident_bytes: int | None = None
+    finite: bool | None = None
     nfe: int | None = None
     hook_nfe: float | None = None
     last_images: Any = None
@@ -86,12 +107,17 @@ def run_interleaved(
     device: torch.device,
     warmup: int = 1,
     log: Callable[[str], None] | None = None,
-) -> None:
+    deadline: float | None = None,
+    min_rounds: int = 3,
+) -> int:
     """Warm up every variant, then `rounds` rounds over all of them, reversing the order every other round so
     slow drift of the machine (thermal, other processes) does not favour whichever runs first.
 
     Records per variant: wall seconds per call (with a device synchronize before and after on CUDA), seconds
     inside the UNets, peak allocated device memory, the call's own NFE and the hook-counted NFE per image.
+    With `deadline` (a `time.perf_counter()` value), once `min_rounds` rounds are done, skips the remaining
+    rounds when the next one would end past the deadline (judged by the slowest round so far), so a loaded
+    machine still finishes in time. Returns the number of rounds run.
     """
     cuda = device.type == "cuda"
 
@@ -100,6 +126,7 @@ def run_interleaved(
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            variant.resident_bytes = torch.cuda.memory_allocated(device)
         started = time.perf_counter()
         images, nfe = variant.run()
         if cuda:
@@ -108,6 +135,7 @@ def run_interleaved(
         variant.hook_nfe = meter.rows / variant.images_per_call
         variant.nfe = nfe if nfe is not None else round(variant.hook_nfe)
         variant.last_images = images
+        variant.finite = bool(torch.isfinite(torch.as_tensor(images).float()).all())
         if record:
             variant.seconds.append(elapsed)
             variant.unet_seconds.append(meter.seconds)
@@ -120,13 +148,20 @@ def run_interleaved(
             once(variant, record=False)
         if log:
             log(f"warm-up {index + 1}/{warmup} done in {time.perf_counter() - started:.1f}s")
+    slowest = 0.0
     for index in range(rounds):
         started = time.perf_counter()
+        if deadline is not None and index >= min_rounds and started + slowest > deadline:
+            if log:
+                log(f"time budget spent: stopping after {index} rounds")
+            return index
         order = list(variants) if index % 2 == 0 else list(reversed(variants))
         for variant in order:
             once(variant, record=True)
+        slowest = max(slowest, time.perf_counter() - started)
         if log:
             log(f"round {index + 1}/{rounds} done in {time.perf_counter() - started:.1f}s")
+    return rounds
 
 
 def quiet_libraries() -> None:
@@ -149,22 +184,55 @@ def paired_ratio(numerator: Variant, denominator: Variant) -> float:
     return median([a / b for a, b in zip(numerator.seconds, denominator.seconds)])
 
 
+def ratio_record(numerator: Variant, denominator: Variant) -> dict[str, float]:
+    """The paired ratio and two cruder ones, for the JSON."""
+    return {
+        "ratio": paired_ratio(numerator, denominator),
+        "ratio_of_medians": median(numerator.seconds) / median(denominator.seconds),
+        "ratio_of_mins": min(numerator.seconds) / min(denominator.seconds),
+    }
+
+
 def nfe_target(variant: Variant, reference: Variant) -> float:
     """What a call should cost relative to the reference if only network evaluations cost time:
     1 + (added NFE) / (reference NFE) = NFE / reference NFE."""
     return variant.nfe / reference.nfe
 
 
-def verdict(ratio: float, target: float, tolerance: float = TOLERANCE) -> str:
-    return "PASS" if ratio <= target * (1.0 + tolerance) else "FAIL"
+def compare(variant: Variant, against: Variant, target: float, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Ratios of `variant` to `against` and a verdict against `target` (PASS when <= target x (1 + tolerance)).
+
+    PASS: the per-round median ratio meets the bound. PASS*: only the ratio of the two minimums does - on a
+    shared machine load only ever adds time, so the minimums are the least disturbed estimate, but a lone
+    PASS* deserves a rerun. FAIL: neither does.
+    """
+    record: dict[str, Any] = {"ratio_vs": against.name, **ratio_record(variant, against)}
+    bound = target * (1.0 + tolerance)
+    if record["ratio"] <= bound:
+        mark = "PASS"
+    elif record["ratio_of_mins"] <= bound:
+        mark = "PASS*"
+    else:
+        mark = "FAIL"
+    record.update(target=target, bound=bound, verdict=mark, passed=mark != "FAIL")
+    return record
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
+    """Largest absolute difference; NaN in the same place in both counts as equal, NaN in one as inf."""
     ta = torch.as_tensor(a).detach().float().cpu()
     tb = torch.as_tensor(b).detach().float().cpu()
     if ta.shape != tb.shape:
         return float("inf")
-    return float((ta - tb).abs().max().item())
+    both_nan = ta.isnan() & tb.isnan()
+    diff = (ta - tb).abs().nan_to_num(nan=float("inf")).masked_fill(both_nan, 0.0)
+    return float(diff.max().item()) if diff.numel() else 0.0
+
+
+def max_abs(a: Any) -> float:
+    values = torch.as_tensor(a).detach().float().cpu().abs()
+    values = values[values.isfinite()]
+    return float(values.max().item()) if values.numel() else 0.0
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -177,6 +245,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def load_note() -> tuple[str, float | None]:
+    """The 1-minute load average against the CPU count, with a warning when other work competes for the CPU."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "load average unknown", None
+    cpus = os.cpu_count() or 1
+    note = f"load average {load:.2f} on {cpus} CPUs"
+    if load > 1.25 * cpus:
+        note += " - BUSY: other work competes for the CPU; timings and ratios are unreliable, rerun when idle"
+    return note, load
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -209,6 +292,8 @@ def variant_record(variant: Variant) -> dict[str, Any]:
     }
     if variant.peak_bytes:
         record["peak_memory_bytes"] = max(variant.peak_bytes)
+        record["resident_memory_bytes"] = variant.resident_bytes
+    record["finite_output"] = variant.finite
     return record
 
 
