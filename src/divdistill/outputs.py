@@ -14,13 +14,15 @@ class HybridPipelineOutput:
 
     `steps` lists which model ran each step at which timestep and guidance; `nfe` is network evaluations
     per image (classifier-free guidance counts two); `seconds` is the wall time of the whole call
-    (prompt encoding, every step including the base model's, and decoding).
+    (prompt encoding, every step including the base model's, and decoding). `trajectory` holds every step's
+    x_t and x0-hat when the call asked for it (`return_trajectory=True`), else None.
     """
 
     images: Any
     steps: list[StepRecord] = field(default_factory=list)
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    trajectory: Any = None
 
     @property
     def nfe(self) -> int:

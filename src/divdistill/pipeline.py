@@ -144,6 +144,7 @@ class HybridPipeline:
         cross_attention_kwargs: dict[str, Any] | None = None,
         denoiser_hooks: dict[str, Callable[[GuidedDenoiser], GuidedDenoiser]] | None = None,
         return_dict: bool = True,
+        return_trajectory: bool = False,
     ) -> HybridPipelineOutput | tuple:
         """Generate images. Unset arguments take the pair's defaults (`self.defaults`).
 
@@ -154,6 +155,8 @@ class HybridPipeline:
         skip_first_steps: start from pure noise at the k-th timestep of the distilled schedule.
         segments: an explicit segment schedule ("base:1,distilled:3") instead of `mode`/`base_steps`.
         callback: called after every step with a `StepInfo` (x_t, x0-hat, model, timestep).
+        return_trajectory: also record every step's x_t and x0-hat (CPU copies) as `output.trajectory`
+            (a `divdistill.trajectory.Trajectory`; with return_dict=False the tuple is (images, trajectory)).
         """
         started = time.perf_counter()
         settings = self.defaults.updated(
@@ -211,6 +214,12 @@ class HybridPipeline:
         latents = self._initial_latents(shape, first, skip_first_steps, generator, latents, dtype, device)
 
         total = sum(len(s.timesteps) for s in stages)
+        recorder = None
+        if return_trajectory:
+            from divdistill.trajectory.recorder import TrajectoryRecorder, chain_callbacks
+
+            recorder = TrajectoryRecorder()
+            callback = chain_callbacks(callback, recorder)
         with tqdm(total=total, **{"desc": "sampling", "leave": False, **self.progress_bar_config}) as progress:
             latents, records = sample(latents, stages, generator=generator, callback=callback, progress=progress)
 
@@ -238,6 +247,11 @@ class HybridPipeline:
                 "num_images_per_prompt": num_images_per_prompt,
             },
         )
+        if recorder is not None:
+            output.trajectory = recorder.trajectory(
+                prompts=[p for p in prompts for _ in range(num_images_per_prompt)], settings=output.settings
+            )
+            return output if return_dict else (images, output.trajectory)
         return output if return_dict else (images,)
 
     # ----------------------------------------------------------------------------------------------- parts

@@ -1,0 +1,176 @@
+"""Decode recorded latents in batches: through the pipeline's VAE (exactly as the run decodes) or a small
+autoencoder for fast previews (e.g. diffusers' `AutoencoderTiny`, "TAESD"/"TAESDXL").
+
+A decoder is any callable `latents [n, C, h, w] -> images [n, 3, H, W]` (float, values in [0, 1]).
+`decode_latents` feeds it `chunk_size` latents per call, never one call per step per image.
+Decoded images are kept as uint8 (what a PNG holds), four times smaller than float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from divdistill.trajectory.recorder import Trajectory
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pipeline_decoder(pipe: Any) -> Decoder:
+    """The VAE decode of a `HybridPipeline` (or a diffusers pipeline), through its family's own decode."""
+    from divdistill.families import family_of
+
+    target = getattr(pipe, "distilled", pipe)
+    family = family_of(target)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return family.decode(target, latents, "pt")
+
+    decode.__name__ = f"{family.name}_vae"
+    return decode
+
+
+def autoencoder_decoder(
+    vae: Any, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> Decoder:
+    """Decode with any diffusers autoencoder (`AutoencoderTiny` for previews, or another `AutoencoderKL`).
+
+    Latents are divided by the autoencoder's `scaling_factor` (1.0 for AutoencoderTiny, which takes the
+    pipeline's latents as they are), shifted by `shift_factor` if it has one, and outputs mapped from
+    [-1, 1] to [0, 1].
+    """
+    parameter = next(vae.parameters())
+    device = torch.device(device) if device is not None else parameter.device
+    dtype = dtype or parameter.dtype
+    scaling = vae.config.get("scaling_factor", 1.0) or 1.0
+    shift = vae.config.get("shift_factor", None) or 0.0
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        z = (latents.to(device=device, dtype=dtype) / scaling) + shift
+        images = vae.decode(z, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    decode.__name__ = type(vae).__name__
+    return decode
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] to uint8 the way diffusers' `numpy_to_pil` rounds them."""
+    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or float images as float32 in [0, 1]."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255
+    return images.float()
+
+
+@torch.no_grad()
+def decode_latents(latents: torch.Tensor, decoder: Decoder, chunk_size: int = 16, uint8: bool = True) -> torch.Tensor:
+    """Decode latents of any leading shape (e.g. [steps, batch, C, h, w]) in chunks of `chunk_size` per call."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
+    lead = latents.shape[:-3]
+    flat = latents.reshape(-1, *latents.shape[-3:])
+    pieces = []
+    for start in range(0, flat.shape[0], chunk_size):
+        images = decoder(flat[start : start + chunk_size])
+        pieces.append(to_uint8(images) if uint8 else images.detach().float().cpu())
+    images = torch.cat(pieces)
+    return images.reshape(*lead, *images.shape[1:])
+
+
+@dataclass
+class DecodedTrajectory:
+    """Decoded images of a trajectory: `x0` [steps, batch, 3, H, W], `final` [batch, 3, H, W], optional `x_t`.
+
+    Images are uint8 (as decoded) or float in [0, 1] (e.g. hand-made ones); `image(...)` gives float32.
+    """
+
+    trajectory: Trajectory
+    x0: torch.Tensor
+    final: torch.Tensor
+    x_t: torch.Tensor | None = None
+
+    @property
+    def label(self) -> str:
+        return self.trajectory.label
+
+    @property
+    def num_steps(self) -> int:
+        return self.x0.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.x0.shape[1]
+
+    def x0_float(self, step: int) -> torch.Tensor:
+        """Step `step`'s x0-hat images as float [batch, 3, H, W] in [0, 1]."""
+        return as_float(self.x0[step])
+
+    def final_float(self) -> torch.Tensor:
+        return as_float(self.final)
+
+    def select(self, indices: Sequence[int]) -> DecodedTrajectory:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return DecodedTrajectory(
+            trajectory=self.trajectory.select(index.tolist()),
+            x0=self.x0[:, index],
+            final=self.final[index],
+            x_t=self.x_t[:, index] if self.x_t is not None else None,
+        )
+
+    def groups(self) -> dict[str, list[int]]:
+        """Image indices per prompt, in first-seen order."""
+        groups: dict[str, list[int]] = {}
+        for index, prompt in enumerate(self.trajectory.prompts):
+            groups.setdefault(prompt, []).append(index)
+        return groups
+
+    # -------------------------------------------------------------------------------------- figures, curves
+    def commitment(self, distance: Any) -> torch.Tensor:
+        """Distances [steps, batch] of each step's x0-hat to the final image (see `curves.commitment_distances`)."""
+        from divdistill.trajectory.curves import commitment_distances
+
+        return commitment_distances(self, distance)
+
+    def diversity(self, distance: Any) -> torch.Tensor:
+        """Mean pairwise distance among each prompt's seeds per step, [steps, prompts]."""
+        from divdistill.trajectory.curves import diversity_distances
+
+        return diversity_distances(self, distance)
+
+    def grid(self, path: Any = None, **kwargs: Any):
+        """Rows = images (seeds), columns = steps (see `render.trajectory_grid`)."""
+        from divdistill.trajectory.render import trajectory_grid
+
+        return trajectory_grid(self, path, **kwargs)
+
+    def animation(self, path: Any, **kwargs: Any):
+        """GIF/WebP of x0-hat over the steps (see `render.animation`)."""
+        from divdistill.trajectory.render import animation
+
+        return animation(self, path, **kwargs)
+
+
+def decode_trajectory(
+    trajectory: Trajectory, decoder: Decoder, chunk_size: int = 16, x_t: bool = False
+) -> DecodedTrajectory:
+    """Decode all steps' x0-hat (and x_t), and the final latent, in batches.
+
+    Where an image's final latent equals its last x0-hat (LCM, Euler, Euler-ancestral end exactly there), the
+    decoded last x0-hat is reused, so the final image and the last x0-hat are the very same pixels.
+    """
+    x0 = decode_latents(trajectory.x0, decoder, chunk_size)
+    same = [bool(torch.equal(trajectory.final[i], trajectory.x0[-1, i])) for i in range(trajectory.batch_size)]
+    final = x0[-1].clone()
+    differ = [i for i, s in enumerate(same) if not s]
+    if differ:
+        final[differ] = decode_latents(trajectory.final[differ], decoder, chunk_size)
+    x_t_images = decode_latents(trajectory.x_t, decoder, chunk_size) if x_t else None
+    return DecodedTrajectory(trajectory=trajectory, x0=x0, final=final, x_t=x_t_images)
