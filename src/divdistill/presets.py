@@ -173,3 +173,13 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.") from None
+
+
+def _pocket_preset() -> Preset:
+    """The shipped pocket pair (folders inside the package; no download)."""
+    from divdistill.pocket import pocket_preset
+
+    return pocket_preset()
+
+
+PRESETS["pocket"] = _pocket_preset()

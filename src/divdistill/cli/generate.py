@@ -4,6 +4,7 @@ Examples
 --------
     divdistill generate --preset sdxl-dmd2 --prompt "cartoon character" -n 8 --seed 0 --base-steps 1 --out DIR
     divdistill generate --base REPO --distilled REPO --distilled-unet FILE --scheduler lcm --prompt ... --out DIR
+    divdistill generate --preset sdxl-dmd2 --prompt "a person" --lora age_slider.pt:-2 --lora-start 700 --out DIR
     accelerate launch --num_processes 8 -m divdistill.cli.main generate --preset sdxl-dmd2 \\
         --prompts coco_30k.csv --batch-size 4 --out DIR        (on a CPU-only machine add --multi_gpu, see below)
 
@@ -24,7 +25,7 @@ with its own `torch.Generator(device).manual_seed(s + i)`; an image does not dep
 run.json holds the prompt, seeds and files (with the pipeline call that made each), the request (every setting
 that decides the images), the resolved settings, the per-step record (model, timestep, guidance, NFE per step),
 NFE per image, each call's wall time (the whole pipeline: encoding, every base and distilled step, decoding) and
-their sum, the model name and the environment.
+their sum, the peak memory so far (CUDA max allocated, else process peak RSS), the model name and the environment.
 
 Resume: every file is written atomically and run.json last, so a job is finished exactly when its run.json
 lists files that exist. Rerunning the same command skips finished jobs; a finished job made with other settings
@@ -91,6 +92,17 @@ def _timesteps(text: str) -> list[int]:
     return values
 
 
+def _lora(text: str) -> tuple[str, float]:
+    """FILE[:SCALE] (as divdistill.control.apply.parse_lora_arg, which imports torch)."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "generate",
@@ -134,6 +146,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sampling.add_argument("--base-guidance-scale", type=float, help="base model's guidance scale")
     sampling.add_argument("--height", type=_positive_int, help="image height in pixels")
     sampling.add_argument("--width", type=_positive_int, help="image width in pixels")
+
+    adapters = parser.add_argument_group("adapters: LoRA / Concept Slider files (see divdistill.control)")
+    adapters.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
+                          help="apply an adapter at SCALE (default 1, may be negative); repeatable")  # fmt: skip
+    adapters.add_argument("--lora-on", choices=("base", "distilled", "both"), help="models the adapters go on (both)")
+    adapters.add_argument("--lora-start", type=float, metavar="T", help="adapters off while the timestep is above T")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -180,6 +198,11 @@ def check_args(args: argparse.Namespace) -> None:
         parse_segments(args.segments)
     if args.timesteps is not None and args.steps is not None and len(args.timesteps) != args.steps:
         raise CLIError(f"--steps {args.steps} does not match the {len(args.timesteps)} --timesteps given")
+    if not args.lora and (args.lora_on is not None or args.lora_start is not None):
+        raise CLIError("--lora-on and --lora-start go with --lora FILE[:SCALE]")
+    for path, _ in args.lora or []:
+        if not Path(path).exists():
+            raise CLIError(f"--lora: no adapter file {path!r}")
 
 
 def call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -213,6 +236,14 @@ def request_of(args: argparse.Namespace, dtype_name: str) -> dict[str, Any]:
             "scheduler": args.scheduler,
         }
     request = {"model": model, "dtype": dtype_name, "num_images": args.num_images, "sampling": call_kwargs(args)}
+    if args.lora:  # only then: jobs finished without adapters keep matching their request
+        from divdistill.control.apply import file_digest
+
+        request["adapters"] = {
+            "files": [{"file": path, "sha256": file_digest(path), "scale": scale} for path, scale in args.lora],
+            "on": args.lora_on or "both",
+            "start": args.lora_start,
+        }
     return json.loads(json.dumps(request))  # the form it takes when read back from run.json
 
 
@@ -342,10 +373,25 @@ def finish_job(run: JobRun, args: argparse.Namespace, request: dict[str, Any], c
         "steps": record.get("steps"),
         "calls": run.calls,
         "seconds": sum(call["seconds"] for call in run.calls),
+        "peak_memory": peak_memory((context.get("environment") or {}).get("device")),
         **context,
     }
     write_json_atomic(sidecar, run.folder / SIDECAR)
     run.images.clear()
+
+
+def peak_memory(device: str | None) -> dict[str, Any] | None:
+    """Peak memory so far: torch.cuda.max_memory_allocated on a CUDA device, else the process's peak RSS."""
+    import torch
+
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        return {"kind": "cuda max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    try:
+        import resource
+    except ImportError:  # pragma: no cover (Windows)
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"kind": "process peak RSS", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
 
 
 def generate(
@@ -451,7 +497,8 @@ def _log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- command
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, build: Any = None) -> int:
+    """The command; `build(args, device, dtype)` replaces `build_pipeline` (eval shares one pipeline this way)."""
     from tqdm.auto import tqdm
 
     check_args(args)
@@ -490,21 +537,33 @@ def run_generate(args: argparse.Namespace) -> int:
 
     calls = 0
     if pending:
-        pipe = build_pipeline(args, device, dtype)
+        pipe = (build or build_pipeline)(args, device, dtype)
         pipe.set_progress_bar_config(disable=True)
+        if args.lora:
+            from divdistill.control.apply import apply_adapters
+
+            specs = [{"source": path, "scale": scale, "on": args.lora_on or "both", "start": args.lora_start}
+                     for path, scale in args.lora]  # fmt: skip
+            pipe = apply_adapters(pipe, specs)
         context = {
             "model": {"name": getattr(pipe, "name", None)},
             "environment": environment(device, dtype_name, state),
         }
+        if args.lora:
+            context["adapters"] = pipe.describe()
         per_image = args.prompts is None
         total = len(pending[0].seeds) if per_image else len(pending)
-        with tqdm(
-            total=total,
-            unit="image" if per_image else "job",
-            desc=f"generate{where}",
-            disable=not state.is_local_main_process,
-        ) as bar:
-            calls = generate(pipe, pending, args, request, device, context, progress=bar, per_image=per_image)
+        try:
+            with tqdm(
+                total=total,
+                unit="image" if per_image else "job",
+                desc=f"generate{where}",
+                disable=not state.is_local_main_process,
+            ) as bar:
+                calls = generate(pipe, pending, args, request, device, context, progress=bar, per_image=per_image)
+        finally:
+            if args.lora:  # the pipeline may be shared (eval runs several generate jobs on one)
+                pipe.clear()
 
     state.wait_for_everyone()
     if args.prompts is not None:

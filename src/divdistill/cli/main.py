@@ -1,4 +1,4 @@
-"""The `divdistill` command: `divdistill generate ...`, `divdistill presets`.
+"""The `divdistill` command: `divdistill generate|eval|trace|slider|control ...`, `divdistill presets`.
 
 Bad input (unknown preset, missing or conflicting options, a bad CSV, settings the sampler rejects, weights
 that cannot be found) prints one line on stderr and exits with code 2; `divdistill --traceback ...` shows the
@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from divdistill.cli import CLIError, generate
+from divdistill.cli import CLIError, control, evaluate, generate, slider, trace
+from divdistill.pocket import cli as pocket_cli
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -35,6 +36,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     generate.add_parser(commands)
+    evaluate.add_parser(commands)
+    trace.add_parser(commands)
+    slider.add_parser(commands)
+    control.add_parser(commands)
+    pocket_cli.add_parser(commands)
     presets = commands.add_parser("presets", help="list the named model pairs and their settings")
     presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     presets.set_defaults(func=run_presets)

@@ -1,0 +1,209 @@
+"""`divdistill control eval`: how an adapter (LoRA, Concept Slider) transfers between base, distilled and hybrid.
+
+Examples
+--------
+    divdistill control eval --preset sdxl-dmd2 --adapter age_slider.safetensors --scales -2,-1,0,1,2 \\
+        --prompt "a photo of a person" --seeds 0-7 --concept "an old person" --out DIR
+    divdistill control eval --preset sdxl-dmd2 --adapter lego.safetensors --prompts prompts.csv --seeds 0-3 \\
+        --concept "lego" --start 700 --scorer my_package.scores:attribute_scorer --out DIR
+
+Every model (base on its own schedule, distilled, hybrid) runs each prompt and seed at each scale, with the
+adapter on both UNets (scale 0, always run, is the unedited reference: the adapter off, bit for bit). The score
+is the CLIP score of the image wrt --concept (open_clip, `pip install divdistill[metrics]`; --clip-model picks the
+model) or, with --scorer MODULE:ATTR, any `fn(images [N,3,H,W] in [0,1], texts) -> [N]` (or a class making one);
+a registered metric backend name with a text encoder also works. The paper's metric is the mean percentage change
+of the score from scale 0 (a scorer with `relative = False` reports the absolute change).
+
+Outputs in OUT: control.csv (model, scale, score, change, n), control.json (also every image's score and the
+settings), control.md (change table, mean scores, transfer relative to the base), grid.png and
+grids/p<prompt>_seed<seed>.png (rows = models, columns = scales), images/<model>/scale<s>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from divdistill.cli import CLIError
+from divdistill.cli.generate import DTYPES, _positive_int
+
+MODELS = ("base", "distilled", "hybrid")
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no scales given")
+    return values
+
+
+def _seeds(text: str) -> list[int]:
+    from divdistill.cli.trace import parse_seeds
+
+    return parse_seeds(text)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, or --base/--distilled (as `divdistill generate`), plus --device and --dtype."""
+    model = parser.add_argument_group("model (as generate): --preset, or --base and --distilled")
+    model.add_argument("--preset", help="a named pair (see `divdistill presets`)")
+    model.add_argument("--base", metavar="PATH_OR_REPO", help="base diffusers pipeline")
+    model.add_argument("--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo")
+    model.add_argument("--distilled-unet", metavar="FILE", help="raw distilled UNet state dict inside --distilled")
+    model.add_argument("--scheduler", metavar="NAME", help="scheduler for the distilled model")
+    model.add_argument("--cache-dir", help="Hugging Face cache folder")
+    model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    model.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype")
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    pair = args.base is not None or args.distilled is not None
+    if args.preset and pair:
+        raise CLIError("give either --preset or --base/--distilled, not both")
+    if not args.preset and not (args.base and args.distilled):
+        raise CLIError("give --preset NAME, or both --base and --distilled")
+    if args.preset and (args.distilled_unet or args.scheduler):
+        raise CLIError("--distilled-unet and --scheduler go with --base/--distilled, not --preset")
+
+
+def load_pair(args: argparse.Namespace, auto_dtype: str = "float16") -> tuple[Any, Any]:
+    """(HybridPipeline, device) as `divdistill generate` builds it (tests replace generate.build_pipeline)."""
+    import torch
+
+    from divdistill.cli import generate
+
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise CLIError(f"bad --device {args.device!r}: {error}") from None
+    name = args.dtype if args.dtype != "auto" else (auto_dtype if device.type == "cuda" else "float32")
+    if not hasattr(args, "steps"):
+        args.steps = None
+    pipe = generate.build_pipeline(args, device, getattr(torch, name))
+    return pipe, device
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("control", help="control distillation: measure how adapters transfer")
+    commands = parser.add_subparsers(dest="control_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: _usage(parser))
+    evaluate = commands.add_parser(
+        "eval",
+        help="apply an adapter at several scales to base, distilled and hybrid, and score the change",
+        description="Measure control transfer.\n\n" + __doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # `--scales -2,-1,0,1,2`: let a value that starts with a negative number be a value, not an option
+    # (argparse only recognises single negative numbers; `--scales=-2,-1` works regardless).
+    evaluate._negative_number_matcher = re.compile(r"^-\d[\d.,eE+-]*$")
+    what = evaluate.add_argument_group("what to measure")
+    what.add_argument("--adapter", required=True, metavar="FILE", help="LoRA / slider file (any supported format)")
+    what.add_argument("--scales", type=_scales, default=[-2.0, -1.0, 0.0, 1.0, 2.0],
+                      help="adapter scales (default -2,-1,0,1,2; 0 is always added)")  # fmt: skip
+    what.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable)")
+    what.add_argument("--prompts", metavar="FILE.csv", help="CSV with a 'prompt' column")
+    what.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3], help="seeds, e.g. 0-7 or 0,3,5 (default 0-3)")
+    what.add_argument("--concept", help="text the score is measured against (default: the slider's own concept)")
+    what.add_argument("--models", default="base,distilled,hybrid", help="models to run (default base,distilled,hybrid)")
+    what.add_argument("--start", type=float, metavar="T", help="adapter off while the timestep is above T")
+    what.add_argument("--partial", action="store_true", help="apply an adapter that only partly fits (warns)")
+    what.add_argument("--scorer", default="clip",
+                      help="clip (default), a registered metric backend with text, or MODULE:ATTR")  # fmt: skip
+    what.add_argument("--clip-model", metavar="MODEL:PRETRAINED", help="open_clip model (default ViT-L-14:openai)")
+
+    add_model_arguments(evaluate)
+    sampling = evaluate.add_argument_group("sampling (unset: the pair's defaults)")
+    sampling.add_argument("--steps", type=_positive_int, help="distilled schedule's step count")
+    sampling.add_argument("--base-steps", type=_positive_int, help="base steps of the hybrid")
+    sampling.add_argument("--base-num-inference-steps", type=_positive_int, help="the base model's own step count")
+    sampling.add_argument("--guidance-scale", type=float, help="distilled model's guidance scale")
+    sampling.add_argument("--base-guidance-scale", type=float, help="base model's guidance scale")
+    sampling.add_argument("--height", type=_positive_int)
+    sampling.add_argument("--width", type=_positive_int)
+
+    run = evaluate.add_argument_group("run")
+    run.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    run.add_argument("--no-images", action="store_true", help="write tables and grids only")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=run_control_eval)
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if bool(args.prompt) == bool(args.prompts):
+        raise CLIError("give --prompt TEXT (repeatable) or --prompts FILE.csv")
+    if args.prompt:
+        return list(args.prompt)
+    from divdistill.jobs import JobError, read_prompts_csv
+
+    try:
+        return [job.prompt for job in read_prompts_csv(args.prompts)]
+    except JobError as error:
+        raise CLIError(str(error)) from None
+
+
+def run_control_eval(args: argparse.Namespace) -> int:
+    from divdistill.control.evaluate import evaluate_control, get_scorer, write_control_report
+    from divdistill.control.formats import read_lora
+    from divdistill.metrics.embedders import BackendUnavailable
+
+    check_model_arguments(args)
+    prompts = read_prompts(args)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise CLIError(f"--models: choose from {', '.join(MODELS)} (got {args.models!r})")
+    if not Path(args.adapter).exists():
+        raise CLIError(f"--adapter: no file {args.adapter!r}")
+    lora = read_lora(args.adapter)
+    concept = args.concept or lora.info.get("concept")
+    if not concept:
+        raise CLIError("give --concept TEXT: the text the score is measured against (this adapter records none)")
+    options: dict[str, Any] = {}
+    if args.clip_model:
+        model, _, pretrained = args.clip_model.partition(":")
+        options = {"model": model, **({"pretrained": pretrained} if pretrained else {})}
+    try:
+        scorer = get_scorer(args.scorer, device=args.device, **options)  # before loading the pair: fail fast
+    except BackendUnavailable as error:
+        raise CLIError(f"{error} Or pass --scorer MODULE:ATTR.") from None
+    except (ImportError, AttributeError) as error:
+        raise CLIError(f"--scorer {args.scorer!r}: {error}") from None
+
+    pipe, _ = load_pair(args)
+    pipe.set_progress_bar_config(disable=True)
+    call_kwargs = {
+        "num_inference_steps": args.steps,
+        "base_steps": args.base_steps,
+        "base_num_inference_steps": args.base_num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "base_guidance_scale": args.base_guidance_scale,
+        "height": args.height,
+        "width": args.width,
+    }
+    result = evaluate_control(
+        pipe, lora, args.scales, prompts, args.seeds, scorer, concept=concept, models=models, start=args.start,
+        call_kwargs={k: v for k, v in call_kwargs.items() if v is not None}, strict=not args.partial,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    files = write_control_report(result, args.out, save_images=not args.no_images)
+    change = result.table("change")
+    header = ["model", *[f"{s:+g}" if s else "0" for s in result.scales]]
+    rows = [header] + [[m, *[f"{change[m][s]:.2f}" for s in result.scales]] for m in result.models]
+    print(f"score {result.change_label} from scale 0 ({result.scorer}, concept {concept!r}):")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(", ".join(str(files[k]) for k in ("markdown", "csv", "json", "grid") if k in files))
+    return 0

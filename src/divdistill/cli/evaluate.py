@@ -1,0 +1,369 @@
+"""`divdistill eval`: generate what is missing for each mode, measure diversity, quality and speed, and report.
+
+Examples
+--------
+    divdistill eval --preset sdxl-dmd2 --prompts prompts.csv --seeds-per-prompt 16 \\
+        --modes base,distilled,hybrid:1,hybrid:2 --metrics diversity-dreamsim,vendi,clip-score --out DIR
+    divdistill eval --preset sdxl-dmd2 --prompts coco_30k.csv --seeds-per-prompt 1 --modes distilled,hybrid \\
+        --metrics fid,kid,is,clip-score --reference coco_val2014/ --out DIR
+    divdistill eval --images DIR_A DIR_B --out DIR            (folders made by generate, or anywhere else)
+    accelerate launch --num_processes 8 -m divdistill.cli.main eval ...   (generation and embedding sharded)
+
+Modes (see divdistill.evaluation.modes): base, base@steps25, distilled, distilled@skip1, hybrid, hybrid:2,
+hybrid:1@cfg0, hybrid:1@own, reverse:1. Each mode's images are a `divdistill generate` job into OUT/<mode folder>
+(e.g. OUT/hybrid-1_cfg0/<job>/000_seed0.png), resumable and shardable like generate itself; one pipeline is
+loaded for all modes.
+
+Metrics (NAME or NAME-BACKEND; default: diversity,vendi, plus fid,kid when --reference is given):
+diversity, vendi, clip-score, is, fid, kid, precision, recall, density, coverage; backends pixel (the fallback:
+no weights, always available), dreamsim, lpips, clip, inception (`pip install divdistill[metrics]`), or your
+own with --backend NAME=MODULE:ATTR (ATTR() for a factory, e.g. the pocket pair's evaluator:
+--backend pocket=divdistill.pocket.evaluator:pocket_distance()). Without a backend name, diversity uses the first
+of dreamsim, lpips, pixel that loads and vendi the first of dreamsim, clip, pixel; outputs name the backend and
+mark the fallback.
+
+Embeddings are cached next to the images (<image folder>/.embeddings/<backend>.safetensors), so a rerun, or a new
+metric on the same backend, embeds nothing again.
+
+Outputs in OUT: metrics.csv (long table: mode, prompt, metric, value, interval), metrics.json (the same plus
+settings, speed, notes, timings), metrics.md (the paper's diversity and FID tables), plots/*.png, grids/ and
+index.html (tables, plots, sample grids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from divdistill.cli import CLIError
+from divdistill.cli.generate import DTYPES, _non_negative_int, _positive_int, _timesteps
+from divdistill.images import atomic_write
+
+
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value > 1:
+        value /= 100
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (or a percentage), got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure diversity, quality and speed of base, distilled and hybrid sampling (or of image folders)",
+        description="Evaluate modes of a pair, or image folders.\n\n" + __doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to evaluate: a pair with --prompts/--prompt, or --images")
+    what.add_argument("--images", nargs="+", metavar="DIR", help="evaluate existing image folders instead")
+    what.add_argument("--names", help="comma-separated names for the --images folders (default: folder names)")
+    what.add_argument("--prompts", metavar="FILE.csv", help="CSV with a 'prompt' column (as generate)")
+    what.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; instead of --prompts)")
+    what.add_argument("--modes", default="base,distilled,hybrid",
+                      help="comma-separated mode specs (default: base,distilled,hybrid)")  # fmt: skip
+    what.add_argument("--seeds-per-prompt", type=_positive_int, default=16, help="images per prompt (default 16)")
+    what.add_argument("--seed", type=int, default=0, help="first seed where the CSV has no evaluation_seed")
+
+    model = parser.add_argument_group("model (as generate): --preset, or --base and --distilled")
+    model.add_argument("--preset")
+    model.add_argument("--base", metavar="PATH_OR_REPO")
+    model.add_argument("--distilled", metavar="PATH_OR_REPO")
+    model.add_argument("--distilled-unet", metavar="FILE")
+    model.add_argument("--scheduler", metavar="NAME")
+    model.add_argument("--cache-dir", help="Hugging Face cache folder")
+
+    sampling = parser.add_argument_group("sampling for every mode (unset: the pair's defaults)")
+    sampling.add_argument("--steps", type=_positive_int, help="distilled schedule's step count")
+    sampling.add_argument("--timesteps", type=_timesteps, help="explicit distilled timesteps")
+    sampling.add_argument("--guidance-scale", type=float, help="distilled model's guidance scale")
+    sampling.add_argument("--base-guidance-scale", type=float, help="base guidance (a mode's @cfgX overrides it)")
+    sampling.add_argument("--negative-prompt")
+    sampling.add_argument("--height", type=_positive_int)
+    sampling.add_argument("--width", type=_positive_int)
+
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument("--metrics", help="comma-separated metrics (default: diversity,vendi[,fid,kid])")
+    metrics.add_argument("--reference", metavar="DIR", help="reference images for FID/KID/precision/recall")
+    metrics.add_argument("--backend", action="append", default=[], metavar="NAME=MODULE:ATTR",
+                         help="add a backend: an Embedder, ImageDistance or feature extractor; ATTR() calls a "
+                         "factory (with device=); then use e.g. --metrics diversity-NAME,vendi-NAME")  # fmt: skip
+    metrics.add_argument("--clip-model", metavar="MODEL:PRETRAINED", help="open_clip model (default ViT-L-14:openai)")
+    metrics.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="bootstrap resamples (default 1000)")
+    metrics.add_argument("--ci-level", type=_level, default=0.95, help="interval level (default 0.95)")
+    metrics.add_argument("--max-group-size", type=_positive_int, default=1000,
+                         help="images per prompt used for per-prompt metrics (default 1000)")  # fmt: skip
+    metrics.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    run.add_argument("--device", help="torch device (default: this process's accelerator, else cpu)")
+    run.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: float16 on cuda)")
+    run.add_argument("--batch-size", type=_positive_int, default=1, help="images per pipeline call (default 1)")
+    run.add_argument("--no-generate", action="store_true", help="evaluate only the images already there")
+    run.add_argument("--overwrite", action="store_true", help="regenerate finished jobs too")
+    run.add_argument("--html-prompts", type=_non_negative_int, default=12, help="prompts with sample grids (12)")
+    run.add_argument("--title", default="divdistill evaluation", help="report title")
+    parser.set_defaults(func=run_eval)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def check_args(args: argparse.Namespace) -> None:
+    if args.images:
+        given = [f"--{n.replace('_', '-')}" for n in ("prompts", "prompt", "preset", "base", "distilled")
+                 if getattr(args, n)]  # fmt: skip
+        if given:
+            raise CLIError(f"--images evaluates existing folders; it does not take {', '.join(given)}")
+        for folder in args.images:
+            if not Path(folder).is_dir():
+                raise CLIError(f"--images: {folder!r} is not a folder")
+        if args.names and len(args.names.split(",")) != len(args.images):
+            raise CLIError(f"--names gives {len(args.names.split(','))} names for {len(args.images)} folders")
+        return
+    if args.names:
+        raise CLIError("--names goes with --images")
+    if (args.prompts is None) == (not args.prompt):
+        raise CLIError("give --prompts FILE.csv or --prompt TEXT (or --images DIR ...)")
+    if args.no_generate:
+        return
+    pair = args.base is not None or args.distilled is not None
+    if args.preset and pair:
+        raise CLIError("give either --preset or --base/--distilled, not both")
+    if not args.preset and not (args.base and args.distilled):
+        raise CLIError("give --preset NAME, or both --base and --distilled (or --images DIR ...)")
+
+
+def parse_backends(specs: list[str], device: Any = None) -> dict[str, Any]:
+    """--backend NAME=MODULE:ATTR -> {name: object}.
+
+    ATTR names an Embedder, an ImageDistance or a feature extractor `fn(images) -> [N, D]`; `ATTR()` names a
+    factory (a class, or e.g. `divdistill.pocket.evaluator:pocket_distance()`), called with `device=` when it
+    takes one.
+    """
+    import inspect
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        module, colon, attr = target.partition(":")
+        factory = attr.endswith("()")
+        attr = attr.removesuffix("()")
+        if not sep or not colon or not name.strip() or not module or not attr:
+            raise CLIError(f"--backend {spec!r}: write NAME=MODULE:ATTR (or ATTR() for a factory), e.g. "
+                           "pocket=divdistill.pocket.evaluator:pocket_distance()")  # fmt: skip
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as error:
+            raise CLIError(f"--backend {spec!r}: cannot import {target} ({error})") from None
+        if factory or isinstance(obj, type):
+            try:
+                takes_device = "device" in inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                takes_device = False
+            obj = obj(device=device) if takes_device else obj()
+        out[name.strip()] = obj
+    return out
+
+
+def _log(message: str) -> None:
+    print(f"divdistill eval: {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+def generate_argv(args: argparse.Namespace, mode: Any, prompts: Path, out: Path) -> list[str]:
+    """The `divdistill generate` command line of one mode (so its jobs are generate's own, resumable ones)."""
+    argv = ["generate"]
+    if args.preset:
+        argv += ["--preset", args.preset]
+    else:
+        argv += ["--base", args.base, "--distilled", args.distilled]
+        if args.distilled_unet:
+            argv += ["--distilled-unet", args.distilled_unet]
+        if args.scheduler:
+            argv += ["--scheduler", args.scheduler]
+    if args.cache_dir:
+        argv += ["--cache-dir", args.cache_dir]
+    argv += ["--prompts", str(prompts), "-n", str(args.seeds_per_prompt), "--seed", str(args.seed)]
+    options = {
+        "--steps": args.steps,
+        "--timesteps": ",".join(map(str, args.timesteps)) if args.timesteps else None,
+        "--guidance-scale": args.guidance_scale,
+        "--base-guidance-scale": args.base_guidance_scale if mode.base_guidance_scale is None else None,
+        "--negative-prompt": args.negative_prompt,
+        "--height": args.height,
+        "--width": args.width,
+        "--device": args.device,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    argv += mode.generate_args()
+    argv += ["--dtype", args.dtype, "--batch-size", str(args.batch_size), "--out", str(out)]
+    if args.overwrite:
+        argv.append("--overwrite")
+    return argv
+
+
+def prompts_file(args: argparse.Namespace, out: Path) -> Path:
+    """--prompts, or the --prompt texts written to OUT/prompts.csv."""
+    if args.prompts is not None:
+        return Path(args.prompts)
+    path = out / "prompts.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["case_number", "prompt"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({"case_number": f"{i:03d}", "prompt": text} for i, text in enumerate(args.prompt))
+    with atomic_write(path, "w") as handle:  # every process of a launch writes the same file
+        handle.write(buffer.getvalue())
+    return path
+
+
+def generate_modes(args: argparse.Namespace, modes: list[Any], out: Path) -> float:
+    """Run generate's jobs for every mode with one shared pipeline; return the seconds spent."""
+    from divdistill.cli import generate
+    from divdistill.cli.main import build_parser
+
+    prompts = prompts_file(args, out)
+    parser = build_parser()
+    shared: dict[str, Any] = {}
+
+    def build(gen_args: argparse.Namespace, device: Any, dtype: Any) -> Any:
+        if "pipe" not in shared:
+            shared["pipe"] = generate.build_pipeline(gen_args, device, dtype)
+        return shared["pipe"]
+
+    started = time.perf_counter()
+    for mode in modes:
+        argv = generate_argv(args, mode, prompts, out / mode.folder)
+        _log(f"mode {mode.text}: divdistill {' '.join(argv)}")
+        try:
+            gen_args = parser.parse_args(argv)
+        except SystemExit:
+            raise CLIError(f"mode {mode.text}: bad generate arguments") from None
+        generate.run_generate(gen_args, build=build)
+    return time.perf_counter() - started
+
+
+# ----------------------------------------------------------------------------------------------- command
+def run_eval(args: argparse.Namespace) -> int:
+    from divdistill.cli.generate import process_state, resolve_device
+    from divdistill.evaluation.imagesets import scan_image_set
+    from divdistill.evaluation.modes import parse_modes
+    from divdistill.evaluation.report import summary_table, write_json, write_reports
+    from divdistill.evaluation.runner import DEFAULT_METRICS, Evaluator, parse_metrics
+    from divdistill.metrics.embedders import BackendUnavailable
+
+    check_args(args)
+    out = Path(args.out)
+    modes = []
+    if not args.images:
+        try:
+            modes = parse_modes(args.modes)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+    metric_text = args.metrics or ",".join(DEFAULT_METRICS) + (",fid,kid" if args.reference else "")
+    try:
+        specs = parse_metrics(metric_text)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    wanted = [str(s) for s in specs if s.info.kind == "reference"]
+    if wanted and not args.reference:
+        raise CLIError(f"{', '.join(wanted)} compare against reference images; give --reference DIR")
+    if args.reference and not wanted:
+        _log("--reference is given but no metric uses it (add fid, kid, precision or recall to --metrics)")
+    if args.reference and not Path(args.reference).is_dir():
+        raise CLIError(f"--reference: {args.reference!r} is not a folder")
+    options: dict[str, dict[str, Any]] = {}
+    if args.clip_model:
+        model, _, pretrained = args.clip_model.partition(":")
+        options["clip"] = {"model": model, **({"pretrained": pretrained} if pretrained else {})}
+
+    state = process_state(args.device)
+    device = resolve_device(args.device, state)
+    evaluator = Evaluator(
+        specs,
+        backends=parse_backends(args.backend, device),
+        backend_options=options,
+        device=device,
+        bootstrap=args.bootstrap,
+        level=args.ci_level,
+        seed=0,
+        max_group_size=args.max_group_size,
+        cache=not args.no_cache,
+        cache_fallback=out / ".embeddings",
+        state=state,
+        log=_log if state.is_local_main_process else (lambda message: None),
+    )
+    try:
+        evaluator.check()  # a missing package fails now, not after hours of generation
+    except BackendUnavailable as error:
+        raise CLIError(str(error)) from None
+    if args.no_cache and state.num_processes > 1:
+        raise CLIError("--no-cache cannot be used with several processes (they share embeddings through the cache)")
+
+    timings: dict[str, float] = {}
+    if args.images:
+        names = args.names.split(",") if args.names else _folder_names(args.images)
+        folders = list(zip(names, args.images))
+        specs_by_name: dict[str, str | None] = {}
+    else:
+        if not args.no_generate:
+            timings["generate_s"] = generate_modes(args, modes, out)
+        folders = [(mode.text, str(out / mode.folder)) for mode in modes]
+        specs_by_name = {mode.text: mode.text for mode in modes}
+    try:
+        sets = []
+        for name, folder in folders:
+            image_set = scan_image_set(folder, name=name, spec=specs_by_name.get(name))
+            sets.append(image_set)
+        reference = scan_image_set(args.reference, name="reference") if args.reference else None
+    except FileNotFoundError as error:
+        raise CLIError(str(error)) from None
+
+    try:
+        result = evaluator.evaluate(sets, reference)
+    except BackendUnavailable as error:
+        raise CLIError(str(error)) from None
+    if result is None:  # not the main process
+        return 0
+    result.timings.update(timings)
+    started = time.perf_counter()
+    extra = {"command": {"modes": [m.text for m in modes], "images": args.images, "prompts": args.prompts,
+                         "seeds_per_prompt": None if args.images else args.seeds_per_prompt}}  # fmt: skip
+    files = write_reports(result, out, title=args.title, html_prompts=args.html_prompts, extra=extra)
+    result.timings["report_s"] = time.perf_counter() - started
+    write_json(result, out / "metrics.json", extra)  # again, with the report's own time
+    header, rows = summary_table(result)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"{files['markdown']}, {files['csv']}, {files['json']}, {files['html']}")
+    return 0
+
+
+def _folder_names(folders: list[str]) -> list[str]:
+    names = []
+    for folder in folders:
+        path = Path(folder).resolve()
+        name = path.name or str(path)
+        if name in names:
+            name = f"{path.parent.name}/{name}"
+        while name in names:
+            name += "'"
+        names.append(name)
+    return names

@@ -1,0 +1,335 @@
+"""Apply LoRAs and Concept Sliders to the base model, the distilled model, or both of a `HybridPipeline`.
+
+    adapted = AdaptedPipeline(pipe)                                  # pipe: a HybridPipeline
+    adapted.add("age_slider.pt", scale=-2.0, on="both", start=700)   # off while t > 700 (slider inference)
+    adapted.add("watercolor.safetensors", scale=0.8, on="base")      # several adapters, each with its own scale
+    images = adapted("a photo of a person", num_inference_steps=4).images
+    adapted.set_scale("age_slider", 2.0); adapted.remove("watercolor"); adapted.clear()
+
+Each adapter is resolved against each target UNet first (`formats.resolve`); a layer that does not fit (a module
+the model lacks, a shape or kind mismatch, text-encoder weights) raises `AdapterMismatchError` listing them all,
+before anything is loaded (`strict=False` loads the layers that fit and warns with the same listing). The
+layers then go in as PEFT adapters through diffusers' `load_lora_adapter`, and are combined with
+`set_adapters(names, weights)` (negative weights work). An adapter at scale 0 is switched off: the run equals
+one without it, bit for bit.
+
+A start timestep is applied per step by a denoiser hook (`HybridPipeline.__call__(denoiser_hooks=...)`) that
+switches the adapter off (PEFT `set_adapters` without it, or `disable_adapters` when none is left) while the
+step's timestep is above it. `cross_attention_kwargs={"scale": 0.0}` is not used for this: diffusers' UNet
+resets every LoRA scale to 1 after a call at scale 0, losing the adapter weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from divdistill.control.formats import (
+    AdapterMismatchError,
+    LoraFile,
+    LoraLayer,
+    MatchReport,
+    peft_config,
+    peft_state_dict,
+    read_lora,
+    resolve,
+)
+
+MODELS = ("base", "distilled")
+TARGETS = ("base", "distilled", "both")
+
+
+def models_for(on: str) -> tuple[str, ...]:
+    if on not in TARGETS:
+        raise ValueError(f"on must be one of {TARGETS}, got {on!r}.")
+    return MODELS if on == "both" else (on,)
+
+
+def parse_lora_arg(text: str) -> tuple[str, float]:
+    """'FILE' -> (FILE, 1.0); 'FILE:-1.5' -> (FILE, -1.5). A colon followed by no number belongs to the path."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (name and content, sorted), to tell adapters apart on resume."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class AppliedAdapter:
+    """One adapter in an `AdaptedPipeline`: its PEFT name, scale, models, start timestep and match reports."""
+
+    name: str
+    source: str
+    format: str
+    scale: float
+    models: tuple[str, ...]
+    start: float | None = None
+    reports: dict[str, MatchReport] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def on_at(self, timestep: float | None) -> bool:
+        """Whether the adapter contributes at this timestep (None: ignoring its start)."""
+        if self.scale == 0:
+            return False
+        return timestep is None or self.start is None or timestep <= self.start
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "format": self.format,
+            "scale": self.scale,
+            "on": list(self.models),
+            "start": self.start,
+            "match": {model: report.summary() for model, report in self.reports.items()},
+        }
+
+
+def inject(unet: torch.nn.Module, layers: dict[str, LoraLayer], name: str) -> None:
+    """Load resolved layers into `unet` as the PEFT adapter `name` (diffusers' `load_lora_adapter`), and check."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    # PEFT initialises the new layers from torch's global RNG before the file's weights replace them: keep the
+    # caller's RNG state as it was. And it warns whenever a second adapter joins a model; that is the point here.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        unet.load_lora_adapter(peft_state_dict(layers), prefix=None, adapter_name=name, metadata=peft_config(layers))
+    missing = []
+    for path in layers:
+        module = unet.get_submodule(path)
+        if not isinstance(module, BaseTunerLayer) or name not in getattr(module, "lora_A", {}):
+            missing.append(path)
+    if missing:  # a guard: resolve() checked the layers, so PEFT must have taken all of them
+        unet.delete_adapters(name)
+        raise RuntimeError(f"PEFT did not take {len(missing)} LoRA layers of {name!r}: {', '.join(missing[:10])}")
+
+
+def activate(unet: torch.nn.Module, adapters: Iterable[AppliedAdapter]) -> None:
+    """Make exactly `adapters` active on `unet` with their scales (none: PEFT layers disabled, the bare model)."""
+    adapters = list(adapters)
+    if adapters:
+        unet.set_adapters([a.name for a in adapters], [float(a.scale) for a in adapters])
+        unet.enable_adapters()
+    else:
+        unet.disable_adapters()
+
+
+class GatedDenoiser:
+    """A denoiser whose adapters are switched off while the step's timestep is above their start timestep."""
+
+    def __init__(self, inner: Any, owner: AdaptedPipeline, model: str):
+        self.inner = inner
+        self.owner = owner
+        self.model = model
+
+    def __getattr__(self, name: str) -> Any:  # prediction_type, guidance_scale, nfe, ... of the wrapped denoiser
+        return getattr(self.inner, name)
+
+    def __call__(self, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        full = self.owner.active(self.model)
+        now = self.owner.active(self.model, float(t))
+        if len(now) == len(full):
+            return self.inner(model_input, t)
+        unet = self.owner.unet(self.model)
+        activate(unet, now)
+        try:
+            return self.inner(model_input, t)
+        finally:
+            activate(unet, full)
+
+
+class AdaptedPipeline:
+    """A `HybridPipeline` with LoRA / slider adapters on its base and/or distilled UNet (see the module doc).
+
+    Calling it calls the pipeline (any `HybridPipeline.__call__` arguments) with the start-timestep hooks added;
+    other attributes are the pipeline's. `strict=False` loads partially matching adapters with a warning.
+    """
+
+    def __init__(self, pipe: Any, strict: bool = True):
+        self.pipe = pipe
+        self.strict = strict
+        self._adapters: dict[str, AppliedAdapter] = {}
+
+    # ------------------------------------------------------------------------------------------- access
+    def __getattr__(self, name: str) -> Any:
+        if name in ("pipe", "_adapters", "strict"):
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
+    def unet(self, model: str) -> torch.nn.Module:
+        return self.pipe.family.network(self.pipe.pipeline_for(model))
+
+    @property
+    def adapters(self) -> list[AppliedAdapter]:
+        return list(self._adapters.values())
+
+    def __getitem__(self, name: str) -> AppliedAdapter:
+        try:
+            return self._adapters[name]
+        except KeyError:
+            raise KeyError(f"no adapter named {name!r}; loaded: {', '.join(self._adapters) or 'none'}") from None
+
+    def active(self, model: str, timestep: float | None = None) -> list[AppliedAdapter]:
+        """Adapters of `model` that contribute (scale not 0), at `timestep` if given."""
+        return [a for a in self._adapters.values() if model in a.models and a.on_at(timestep)]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [adapter.describe() for adapter in self._adapters.values()]
+
+    # ------------------------------------------------------------------------------------------- changes
+    def add(
+        self,
+        source: str | Path | dict | LoraFile,
+        scale: float = 1.0,
+        on: str = "both",
+        start: float | None = None,
+        name: str | None = None,
+        strict: bool | None = None,
+    ) -> AppliedAdapter:
+        """Load an adapter onto the base, the distilled model or both; returns its record (`.reports`)."""
+        lora = read_lora(source)
+        models = models_for(on)
+        strict = self.strict if strict is None else strict
+        family = getattr(self.pipe.family, "name", None)
+        resolved: dict[str, tuple[dict[str, LoraLayer], MatchReport]] = {}
+        for model in models:
+            layers, report = resolve(lora, self.unet(model), target=f"{model} UNet ({family})", family=family)
+            if not layers or (strict and not report.complete):
+                raise AdapterMismatchError(lora.describe(), report)
+            if not report.complete:
+                warnings.warn(
+                    f"{lora.describe()}: {report.summary()}; the rest is not applied:\n{report.listing()}",
+                    stacklevel=2,
+                )
+            resolved[model] = (layers, report)
+        adapter = AppliedAdapter(
+            name=self._unique_name(name or lora.name),
+            source=lora.describe(),
+            format=lora.format,
+            scale=float(scale),
+            models=models,
+            start=None if start is None else float(start),
+            reports={model: report for model, (_, report) in resolved.items()},
+            info=dict(lora.info),
+        )
+        loaded: list[torch.nn.Module] = []
+        try:
+            for model, (layers, _) in resolved.items():
+                unet = self.unet(model)
+                if any(unet is other for other in loaded):  # base and distilled share one UNet
+                    continue
+                inject(unet, layers, adapter.name)
+                loaded.append(unet)
+        except Exception:
+            for unet in loaded:
+                self._delete(unet, adapter.name)
+            raise
+        self._adapters[adapter.name] = adapter
+        self.sync()
+        return adapter
+
+    def set_scale(self, name: str, scale: float) -> None:
+        self[name].scale = float(scale)
+        self.sync()
+
+    def set_start(self, name: str, start: float | None) -> None:
+        self[name].start = None if start is None else float(start)
+
+    def remove(self, name: str) -> None:
+        adapter = self._adapters.pop(self[name].name)
+        done: list[torch.nn.Module] = []
+        for model in adapter.models:
+            unet = self.unet(model)
+            if not any(unet is other for other in done):
+                self._delete(unet, adapter.name)
+                done.append(unet)
+        self.sync()
+
+    def clear(self) -> None:
+        for name in list(self._adapters):
+            self.remove(name)
+
+    def __enter__(self) -> AdaptedPipeline:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.clear()
+
+    # ------------------------------------------------------------------------------------------- running
+    def sync(self) -> None:
+        """Set every UNet's active adapters and weights from the records (done before each call, too)."""
+        for model in MODELS:
+            unet = self.unet(model)
+            if getattr(unet, "peft_config", None) and any(model in a.models for a in self._adapters.values()):
+                activate(unet, self.active(model))
+
+    def denoiser_hooks(self) -> dict[str, Callable[[Any], Any]]:
+        """`HybridPipeline` denoiser hooks applying the start timesteps (empty when no adapter has one)."""
+        hooks = {}
+        for model in MODELS:
+            if any(model in a.models and a.start is not None for a in self._adapters.values()):
+                hooks[model] = lambda denoiser, model=model: GatedDenoiser(denoiser, self, model)
+        return hooks
+
+    def __call__(self, prompt: Any, **kwargs: Any) -> Any:
+        self.sync()
+        hooks = self.denoiser_hooks()
+        given = dict(kwargs.pop("denoiser_hooks", None) or {})
+        for model, outer in given.items():
+            inner = hooks.get(model)
+            hooks[model] = outer if inner is None else (lambda d, outer=outer, inner=inner: outer(inner(d)))
+        return self.pipe(prompt, denoiser_hooks=hooks or None, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _unique_name(self, wanted: str) -> str:
+        base = re.sub(r"\W", "_", wanted).strip("_") or "adapter"
+        if base[0].isdigit():
+            base = f"lora_{base}"
+        taken = set(self._adapters)
+        for model in MODELS:
+            taken |= set(getattr(self.unet(model), "peft_config", {}) or {})
+        name, index = base, 2
+        while name in taken:
+            name, index = f"{base}_{index}", index + 1
+        return name
+
+    @staticmethod
+    def _delete(unet: torch.nn.Module, name: str) -> None:
+        unet.delete_adapters(name)
+        if not getattr(unet, "peft_config", None):
+            unet.unload_lora()  # no adapter left: take the PEFT wrappers out, the bare model again
+
+
+def apply_adapters(pipe: Any, specs: Iterable[dict[str, Any]], strict: bool = True) -> AdaptedPipeline:
+    """An `AdaptedPipeline` with adapters given as `add` keyword dicts ({"source": ..., "scale": ..., ...})."""
+    adapted = pipe if isinstance(pipe, AdaptedPipeline) else AdaptedPipeline(pipe, strict=strict)
+    try:
+        for spec in specs:
+            adapted.add(**spec)
+    except Exception:
+        adapted.clear()
+        raise
+    return adapted

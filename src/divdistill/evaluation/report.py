@@ -1,0 +1,491 @@
+"""Write an evaluation: metrics.csv, metrics.json, metrics.md, plots/ and an index.html with sample grids.
+
+metrics.md follows the paper's two tables: per metric, prompts as rows and modes as columns with the prompt
+average last (then the bootstrap intervals in the same layout); and one row per mode with steps, FID, KID, IS,
+CLIP score, precision/recall, seconds per image, NFE per image and peak memory (columns only for what was
+computed). Fallback metrics are marked in every file (a `fallback` column, a note, "(fallback)" in labels).
+
+index.html is static (relative links, no network). Like the trajectory report it records on <body> whether every
+<img> decoded (`data-images-status="ok"`, `data-images-loaded`, `data-images-total`, `data-images-broken`) for a
+headless-browser check, and shows the same as a line of text.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from divdistill.evaluation.runner import EvalResult, Metric
+from divdistill.images import atomic_write, contact_sheet, save_image_atomic, write_json_atomic
+
+CSV_COLUMNS = ("mode", "prompt_id", "prompt", "metric", "backend", "label", "fallback", "value", "ci_low", "ci_high",
+               "std", "n")  # fmt: skip
+GRID_IMAGES = 8
+GRID_THUMB = 128
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if not _finite(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return {"fid": 2, "is": 2, "clip-score": 2, "kid": 4}.get(metric, 3)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _short(text: str | None, width: int = 48) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def prompt_table(result: EvalResult, m: Metric, intervals: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paper's diversity table for one per-prompt metric (average last)."""
+    sets = result.sets
+    header = ["prompt", *[s.name for s in sets]]
+    digits = _digits(m.metric)
+
+    def cell(est: Any) -> str:
+        if est is None:
+            return "–"
+        if intervals:
+            return f"[{fmt(est.low, digits)}, {fmt(est.high, digits)}]" if _finite(est.low) else "–"
+        return fmt(est.value, digits)
+
+    rows = []
+    for group_id, prompt in result.prompts():
+        values = []
+        for s in sets:
+            found = dict(result.per_prompt.get((s.name, m.name), []))
+            values.append(cell(found.get(group_id)))
+        rows.append([_short(prompt) or group_id, *values])
+    rows.append(["average", *[cell(result.averages.get((s.name, m.name))) for s in sets]])
+    return header, rows
+
+
+def summary_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
+    """The paper's FID table: one row per mode."""
+    columns: list[tuple[str, Any]] = [("method", None), ("steps", None)]
+    order = ("fid", "kid", "is", "clip-score", "precision", "recall", "density", "coverage")  # the paper's, then more
+    quality = [m for m in result.metrics if m.kind in ("set", "reference") or m.metric == "clip-score"]
+    columns += [(m.name, m) for m in sorted(quality, key=lambda m: order.index(m.metric))]
+    prompt_metrics = [m for m in result.metrics if m.kind == "prompt" and m.metric != "clip-score"]
+    columns += [(m.name, m) for m in prompt_metrics]
+    speed_columns = [("time (s/image)", "seconds_per_image", 3), ("NFE/image", "nfe_per_image", 1),
+                     ("peak memory (MB)", "peak_memory_mb", 0)]  # fmt: skip
+    speeds = [result.speed.get(s.name) or {} for s in result.sets]
+    speed_used = [c for c in speed_columns if any(_finite(sp.get(c[1])) for sp in speeds)]
+    header = [name if m is None else _column_title(m) for name, m in columns] + [c[0] for c in speed_used]
+    rows = []
+    for image_set, speed in zip(result.sets, speeds):
+        sampling = result.sampling.get(image_set.name) or {}
+        row = [image_set.name, str(sampling.get("steps") or "–")]
+        for _, m in columns[2:]:
+            if m.kind == "prompt":
+                est = result.averages.get((image_set.name, m.name))
+                row.append(fmt(est.value if est else None, _digits(m.metric)))
+            else:
+                values = result.set_values.get((image_set.name, m.name)) or {}
+                text = fmt(values.get("value"), _digits(m.metric))
+                if _finite(values.get("std")):
+                    text += f" ± {fmt(values['std'], _digits(m.metric))}"
+                row.append(text)
+        row += [fmt(speed.get(key), digits) for _, key, digits in speed_used]
+        rows.append(row)
+    return header, rows
+
+
+def _column_title(m: Metric) -> str:
+    title = {"fid": "FID", "kid": "KID", "is": "IS", "clip-score": "CLIP"}.get(m.metric, m.metric)
+    return f"{title} ({m.backend}{', fallback' if m.fallback else ''})"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], bold_last: bool = False) -> str:
+    def esc(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for index, row in enumerate(rows):
+        cells = [esc(c) for c in row]
+        if bold_last and index == len(rows) - 1:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(result: EvalResult, title: str = "divdistill evaluation") -> str:
+    level = round(100 * float(result.config.get("level", 0.95)))
+    parts = [f"# {title}", "", _overview(result), ""]
+    parts += [f"> **Note:** {note}" + "\n" for note in result.notes]
+    for m in result.metrics:
+        if m.kind != "prompt":
+            continue
+        better = "higher is better" if m.better == "higher" else "lower is better"
+        parts += [f"## {m.name}", "", f"{m.label}; {better}.", ""]
+        parts += [markdown_table(*prompt_table(result, m), bold_last=True), ""]
+        header, rows = prompt_table(result, m, intervals=True)
+        if any(c != "–" for row in rows for c in row[1:]):
+            boots = result.config.get("bootstrap")
+            parts += [f"{level}% bootstrap intervals over seeds ({boots} resamples):", ""]
+            parts += [markdown_table(header, rows, bold_last=True), ""]
+    parts += ["## Quality and speed", "", markdown_table(*summary_table(result)), ""]
+    parts += [_speed_note(result), ""]
+    return "\n".join(parts)
+
+
+def _overview(result: EvalResult) -> str:
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}" + ("" if n == 1 else "s")
+
+    sets = ", ".join(f"`{s.name}` ({count(len(s.groups), 'prompt')}, {count(len(s.files), 'image')})"
+                     for s in result.sets)  # fmt: skip
+    text = f"Modes: {sets}."
+    if result.reference is not None:
+        text += f" Reference: `{result.reference.root}` ({len(result.reference.files)} images)."
+    return text
+
+
+def _speed_note(result: EvalResult) -> str:
+    kinds = {(result.speed.get(s.name) or {}).get("peak_memory_kind") for s in result.sets} - {None}
+    text = (
+        "Time is the whole pipeline per image (prompt encoding, every base and distilled step, decoding), the "
+        "median over pipeline calls of call seconds / images; NFE counts network evaluations (a CFG step counts 2)."
+    )
+    if kinds:
+        text += f" Peak memory: {', '.join(sorted(kinds))}."
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- files
+def write_csv(result: EvalResult, path: Path) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in result.rows():
+        writer.writerow({k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
+                         for k, v in row.items()})  # fmt: skip
+    with atomic_write(path, "w") as handle:
+        handle.write(buffer.getvalue())
+    return path
+
+
+def write_json(result: EvalResult, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    return write_json_atomic(_clean({**result.to_dict(), **(extra or {})}), path)
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+    return path
+
+
+def _errors(estimates: Sequence[Any]) -> list[list[float]] | None:
+    lows, highs = [], []
+    for e in estimates:
+        ok = _finite(e.low) and _finite(e.high)
+        lows.append(max(e.value - e.low, 0) if ok else 0.0)
+        highs.append(max(e.high - e.value, 0) if ok else 0.0)
+    return [lows, highs] if any(lows) or any(highs) else None
+
+
+def plot_vs_time(result: EvalResult, m: Metric, path: Path) -> Path | None:
+    points = []
+    for s in result.sets:
+        seconds = (result.speed.get(s.name) or {}).get("seconds_per_image")
+        est = result.averages.get((s.name, m.name))
+        if _finite(seconds) and est is not None and _finite(est.value):
+            points.append((s.name, seconds, est))
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, seconds, est in points:
+        ax.errorbar([seconds], [est.value], yerr=_errors([est]), fmt="o", capsize=3, label=name)
+        ax.annotate(name, (seconds, est.value), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("seconds per image (whole pipeline)")
+    ax.set_ylabel(m.name)
+    ax.set_title(f"{m.name} vs time per image", fontsize=10)
+    if len(points) > 1 and max(p[1] for p in points) / max(min(p[1] for p in points), 1e-9) > 20:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_per_prompt(result: EvalResult, m: Metric, path: Path) -> Path | None:
+    prompts = result.prompts()
+    sets = [s for s in result.sets if (s.name, m.name) in result.per_prompt]
+    if not sets or not prompts:
+        return None
+    plt = _plt()
+    width = 0.8 / len(sets)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * (len(prompts) + 1) * max(1, len(sets) / 3)), 4))
+    labels = [_short(p, 24) or i for i, p in prompts] + ["average"]
+    for k, s in enumerate(sets):
+        found = dict(result.per_prompt[(s.name, m.name)])
+        estimates = [found.get(i) for i, _ in prompts] + [result.averages.get((s.name, m.name))]
+        xs = [j + (k - (len(sets) - 1) / 2) * width for j in range(len(labels))]
+        present = [(x, e) for x, e in zip(xs, estimates) if e is not None and _finite(e.value)]
+        if present:
+            ax.bar([x for x, _ in present], [e.value for _, e in present], width, label=s.name,
+                   yerr=_errors([e for _, e in present]), capsize=2)  # fmt: skip
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(m.name)
+    ax.set_title(f"{m.name} per prompt", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_ablation(result: EvalResult, m: Metric, x_key: str, line_key: str, path: Path, xlabel: str) -> Path | None:
+    """The metric against `x_key` (base_steps or base_guidance_scale), one line per value of `line_key`."""
+    lines: dict[Any, list[tuple[float, Any, str]]] = {}
+    for s in result.sets:
+        sampling = result.sampling.get(s.name) or {}
+        est = result.averages.get((s.name, m.name))
+        x = sampling.get(x_key)
+        if sampling.get("mode") not in ("hybrid", "distilled") or not _finite(x) or est is None:
+            continue
+        if x_key == "base_guidance_scale" and not sampling.get("base_steps"):
+            continue
+        line = sampling.get(line_key)
+        if x_key == "base_steps" and x == 0:  # distilled: no base guidance; it joins every line
+            line = "*"
+        lines.setdefault(line, []).append((float(x), est, s.name))
+    if "*" in lines:
+        shared = lines.pop("*")
+        for points in lines.values():
+            points.extend(shared)
+        if not lines:
+            lines[None] = shared
+    lines = {k: sorted(v, key=lambda p: p[0]) for k, v in lines.items() if len({p[0] for p in v}) >= 2}
+    if not lines:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for line, points in lines.items():
+        label = f"{line_key.replace('_', ' ')} = {line:g}" if _finite(line) else None
+        ax.errorbar([p[0] for p in points], [p[1].value for p in points], yerr=_errors([p[1] for p in points]),
+                    marker="o", capsize=3, label=label)  # fmt: skip
+        for x, est, name in points:
+            ax.annotate(name, (x, est.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(m.name)
+    ax.set_title(f"{m.name} vs {xlabel}", fontsize=10)
+    if any(_finite(k) for k in lines):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def write_plots(result: EvalResult, folder: Path) -> list[tuple[str, Path]]:
+    """Every plot that applies, as (caption, path)."""
+    plots: list[tuple[str, Path]] = []
+    for m in result.metrics:
+        if m.kind != "prompt":
+            continue
+        made = [
+            (f"{m.name} vs seconds per image (one point per mode)",
+             plot_vs_time(result, m, folder / f"{m.name}_vs_seconds.png")),
+            (f"{m.name} per prompt", plot_per_prompt(result, m, folder / f"{m.name}_per_prompt.png")),
+            (f"{m.name} vs base steps (distilled = 0)",
+             plot_ablation(result, m, "base_steps", "base_guidance_scale", folder / f"{m.name}_vs_base_steps.png",
+                           "base steps")),
+            (f"{m.name} vs base guidance scale",
+             plot_ablation(result, m, "base_guidance_scale", "base_steps", folder / f"{m.name}_vs_base_guidance.png",
+                           "base guidance scale")),
+        ]  # fmt: skip
+        plots += [(caption, path) for caption, path in made if path is not None]
+    return plots
+
+
+# ----------------------------------------------------------------------------------------------- grids + html
+def write_grids(result: EvalResult, folder: Path, max_prompts: int = 12) -> dict[tuple[str, str], Path]:
+    """A small contact sheet per (set, prompt) for the first `max_prompts` prompts."""
+    from PIL import Image
+
+    from divdistill.jobs import safe_id
+
+    grids = {}
+    wanted = [group_id for group_id, _ in result.prompts()[:max_prompts]]
+    for s in result.sets:
+        by_id = {g.id: g for g in s.groups}
+        for group_id in wanted:
+            group = by_id.get(group_id)
+            if group is None:
+                continue
+            images = []
+            for rel in group.files[:GRID_IMAGES]:
+                with Image.open(s.root / rel) as image:
+                    image = image.convert("RGB")
+                    image.thumbnail((GRID_THUMB, GRID_THUMB))
+                    images.append(image)
+            sheet = contact_sheet(images, columns=4)
+            path = folder / safe_id(s.name) / f"{safe_id(group_id)}.png"
+            save_image_atomic(sheet, path)
+            grids[(s.name, group_id)] = path
+    return grids
+
+
+_CHECK_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  var body = document.body;
+  body.setAttribute("data-images-total", String(images.length));
+  body.setAttribute("data-images-loaded", String(ok.length));
+  body.setAttribute("data-images-broken", broken.map(function (i) { return i.getAttribute("src"); }).join(" "));
+  body.setAttribute("data-images-status", ok.length === images.length ? "ok" : "broken");
+  var line = document.getElementById("image-status");
+  if (line) { line.textContent = ok.length + " of " + images.length + " images loaded"; }
+});
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1500px; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: .9em; margin: .5em 0 1em; }
+td, th { padding: .2em .7em; text-align: left; border-bottom: 1px solid #eee; vertical-align: top; }
+tr.average td { font-weight: bold; } .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .4em .8em; }
+figure { display: inline-block; margin: .4em 1em .8em 0; vertical-align: top; }
+figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: .85em; color: #555; }
+table.grids img { image-rendering: pixelated; max-width: 300px; } code { background: #f2f2f2; padding: 0 .2em; }
+#image-status { font-size: .8em; color: #777; }
+"""
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], average_last: bool = False) -> str:
+    e = html.escape
+    parts = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
+    for index, row in enumerate(rows):
+        cls = ' class="average"' if average_last and index == len(rows) - 1 else ""
+        parts.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def render_html(
+    result: EvalResult,
+    out: Path,
+    plots: Sequence[tuple[str, Path]],
+    grids: dict[tuple[str, str], Path],
+    title: str = "divdistill evaluation",
+) -> str:
+    e = html.escape
+
+    def rel(path: Path) -> str:
+        return e(path.relative_to(out).as_posix(), quote=True)
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{_STYLE}</style>",
+        f"<script>{_CHECK_SCRIPT}</script>",
+        "</head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p>{e(_overview(result).replace('`', ''))}</p>",
+        '<p>Files: <a href="metrics.md">metrics.md</a>, <a href="metrics.csv">metrics.csv</a>, '
+        '<a href="metrics.json">metrics.json</a>.</p>',
+    ]
+    parts += [f'<p class="note">{e(note.replace("`", ""))}</p>' for note in result.notes]
+    for m in result.metrics:
+        if m.kind != "prompt":
+            continue
+        parts.append(f"<h2>{e(m.name)}</h2><p>{e(m.label)}; {'higher' if m.better == 'higher' else 'lower'} "
+                     "is better. Intervals: bootstrap over seeds.</p>")  # fmt: skip
+        header, values = prompt_table(result, m)
+        _, intervals = prompt_table(result, m, intervals=True)
+        merged = [[v[0]] + [f"{a} {b}" if b != "–" else a for a, b in zip(v[1:], i[1:])]
+                  for v, i in zip(values, intervals)]  # fmt: skip
+        parts.append(_html_table(header, merged, average_last=True))
+    parts.append("<h2>Quality and speed</h2>")
+    parts.append(_html_table(*summary_table(result)))
+    parts.append(f"<p>{e(_speed_note(result))}</p>")
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for caption, path in plots:
+            parts.append(f'<figure><a href="{rel(path)}"><img src="{rel(path)}" alt="{e(caption, quote=True)}">'
+                         f"</a><figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
+    if grids:
+        parts.append("<h2>Samples</h2>")
+        parts.append(f"<p>Up to {GRID_IMAGES} images per prompt and mode (seeds in order).</p>")
+        parts.append('<table class="grids"><tr><th>prompt</th>'
+                     + "".join(f"<th>{e(s.name)}</th>" for s in result.sets) + "</tr>")  # fmt: skip
+        for group_id, prompt in result.prompts():
+            cells = [grids.get((s.name, group_id)) for s in result.sets]
+            if not any(cells):
+                continue
+            row = [f"<td>{e(_short(prompt, 80) or group_id)}</td>"]
+            for s, path in zip(result.sets, cells):
+                row.append(f'<td><img src="{rel(path)}" alt="{e(s.name, quote=True)}: {e(group_id, quote=True)}">'
+                           "</td>" if path else "<td>–</td>")  # fmt: skip
+            parts.append("<tr>" + "".join(row) + "</tr>")
+        parts.append("</table>")
+    parts.append('<p id="image-status">checking images...</p>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_reports(
+    result: EvalResult,
+    out: str | Path,
+    title: str = "divdistill evaluation",
+    html_prompts: int = 12,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write every output file into `out`; return them by kind."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "csv": write_csv(result, out / "metrics.csv"),
+        "json": write_json(result, out / "metrics.json", extra),
+    }
+    markdown = render_markdown(result, title)
+    with atomic_write(out / "metrics.md", "w") as handle:
+        handle.write(markdown)
+    files["markdown"] = out / "metrics.md"
+    plots = write_plots(result, out / "plots")
+    grids = write_grids(result, out / "grids", html_prompts) if html_prompts > 0 else {}
+    page = render_html(result, out, plots, grids, title)
+    with atomic_write(out / "index.html", "w") as handle:
+        handle.write(page)
+    files["html"] = out / "index.html"
+    for _, path in plots:
+        files[f"plot:{path.stem}"] = path
+    return files

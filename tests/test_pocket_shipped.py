@@ -1,0 +1,50 @@
+"""The shipped pocket pair: loads as plain diffusers pipelines and as a HybridPipeline; samples are deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from divdistill.pocket.weights import has_weights, weights_dir
+
+pytestmark = pytest.mark.skipif(not has_weights("base", "distilled"), reason="no shipped pocket weights")
+
+
+def test_diffusers_loads_both_folders():
+    from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline
+
+    base = StableDiffusionPipeline.from_pretrained(str(weights_dir("base")))
+    distilled = StableDiffusionPipeline.from_pretrained(str(weights_dir("distilled")))
+    assert isinstance(base.scheduler, DDIMScheduler) and isinstance(distilled.scheduler, LCMScheduler)
+    assert base.unet.dtype == base.text_encoder.dtype == torch.float32
+    assert base.vae_scale_factor * base.unet.config.sample_size == 32
+    base.set_progress_bar_config(disable=True)
+    image = base("a red circle", num_inference_steps=4, guidance_scale=4.0, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_pocket_pipeline_generates_deterministically():
+    from divdistill.pocket import pocket_pipeline
+
+    pipe = pocket_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red circle", "a green triangle"]
+    first = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt")
+    second = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert first.images.shape == (2, 3, 32, 32)
+    assert torch.equal(first.images, second.images)
+    assert [s.timestep for s in first.steps] == [999, 749, 499, 249]
+    assert [s.model for s in first.steps] == ["base", "distilled", "distilled", "distilled"]
+
+
+def test_pocket_preset_when_registered():
+    from divdistill.presets import PRESETS
+
+    if "pocket" not in PRESETS:
+        pytest.skip("the pocket preset is not registered in divdistill.presets")
+    from divdistill import HybridPipeline
+
+    pipe = HybridPipeline.from_preset("pocket")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a blue square", generator=torch.Generator().manual_seed(1), output_type="pt", mode="distilled")
+    assert out.images.shape == (1, 3, 32, 32) and out.nfe == 4
