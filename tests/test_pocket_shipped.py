@@ -33,15 +33,22 @@ def test_pocket_pipeline_generates_deterministically():
     second = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt")
     assert first.images.shape == (2, 3, 32, 32)
     assert torch.equal(first.images, second.images)
-    assert [s.timestep for s in first.steps] == [999, 749, 499, 249]
-    assert [s.model for s in first.steps] == ["base", "distilled", "distilled", "distilled"]
+    # Default: the base on its own 50-step grid (999, 979, ..., 759) down to t=749, then the student.
+    assert [s.timestep for s in first.steps] == [*range(999, 749, -20), 749, 499, 249]
+    assert [s.model for s in first.steps] == ["base"] * 13 + ["distilled"] * 3
+    shared = pipe(prompts, base_schedule="shared", generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert [(s.model, s.timestep) for s in shared.steps] == [
+        ("base", 999),
+        ("distilled", 749),
+        ("distilled", 499),
+        ("distilled", 249),
+    ]
 
 
 def test_pocket_preset_when_registered():
     from divdistill.presets import PRESETS
 
-    if "pocket" not in PRESETS:
-        pytest.skip("the pocket preset is not registered in divdistill.presets")
+    assert "pocket" in PRESETS
     from divdistill import HybridPipeline
 
     pipe = HybridPipeline.from_preset("pocket")
