@@ -36,6 +36,8 @@ def test_pocket_pipeline_generates_deterministically():
     # Default: the base on its own 50-step grid (999, 979, ..., 759) down to t=749, then the student.
     assert [s.timestep for s in first.steps] == [*range(999, 749, -20), 749, 499, 249]
     assert [s.model for s in first.steps] == ["base"] * 13 + ["distilled"] * 3
+    reverse = pipe(prompts, mode="reverse", generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert [s.model for s in reverse.steps] == ["distilled"] * 3 + ["base"]  # the own-schedule default is for hybrids
     shared = pipe(prompts, base_schedule="shared", generator=torch.Generator().manual_seed(0), output_type="pt")
     assert [(s.model, s.timestep) for s in shared.steps] == [
         ("base", 999),

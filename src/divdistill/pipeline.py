@@ -159,6 +159,8 @@ class HybridPipeline:
             (a `divdistill.trajectory.Trajectory`; with return_dict=False the tuple is (images, trajectory)).
         """
         started = time.perf_counter()
+        if base_schedule is None and (mode or self.defaults.mode) == "reverse":
+            base_schedule = "shared"  # a pair's default schedule is for a leading base segment; reverse ends with base
         settings = self.defaults.updated(
             num_inference_steps=num_inference_steps,
             mode=mode,

@@ -57,8 +57,8 @@ class ModeSpec:
         args = ["--mode", self.kind]
         if self.base_steps is not None:
             args += ["--base-steps", str(self.base_steps)]
-        if self.own_schedule:
-            args += ["--base-schedule", "own"]
+        if self.kind == "hybrid":  # explicit, so a pair whose default is the own schedule still means 1-1 here
+            args += ["--base-schedule", "own" if self.own_schedule else "shared"]
         if self.base_num_inference_steps is not None:
             args += ["--base-num-inference-steps", str(self.base_num_inference_steps)]
         if self.base_guidance_scale is not None:
