@@ -33,8 +33,8 @@ from divdistill.pocket.world import sample_world
 MODES = {
     "base": {"mode": "base"},
     "distilled": {"mode": "distilled"},
-    "hybrid-1": {"mode": "hybrid", "base_steps": 1},
-    "hybrid-2": {"mode": "hybrid", "base_steps": 2},
+    "hybrid-1": {"mode": "hybrid", "base_steps": 1, "base_schedule": "shared"},
+    "hybrid-2": {"mode": "hybrid", "base_steps": 2, "base_schedule": "shared"},
     "own-1": {"segments": "base:1@own,distilled:3"},
     "own-2": {"segments": "base:2@own,distilled:2"},
     "reverse-1": {"mode": "reverse", "base_steps": 1},
