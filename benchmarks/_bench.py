@@ -21,6 +21,11 @@ import torch
 #: Extra fraction a ratio may exceed its target by and still PASS (timing noise + fixed per-call overhead).
 TOLERANCE = 0.03
 
+#: What every timed call samples: one prompt, DMD2's four distilled timesteps, one generator seed.
+PROMPT = "a photograph of an astronaut riding a horse on the moon"
+TIMESTEPS = (999, 749, 499, 249)
+SEED = 1234
+
 
 @contextmanager
 def seeded(seed: int, device: str | torch.device = "cpu"):
@@ -218,6 +223,22 @@ def compare(variant: Variant, against: Variant, target: float, tolerance: float 
     return record
 
 
+def timing_cells(entry: dict[str, Any], variant: Variant, reference: Variant, ours: Variant) -> tuple[list[str], bool]:
+    """Judge `variant` (not `reference`, the diffusers call): divdistill's distilled run (`ours`) against the
+    reference with target 1, any other against `ours` with its NFE target. Adds the comparison to `entry`;
+    returns the table cells ratio, min-ratio, target, verdict, and whether it passed."""
+    against = reference if variant is ours else ours
+    target = 1.0 if variant is ours else nfe_target(variant, ours)
+    entry.update(compare(variant, against, target))
+    if variant is ours:
+        target_text = f"<= {entry['bound']:.2f}"
+    else:
+        entry["added_nfe"] = variant.nfe - ours.nfe
+        target_text = f"{target:.3f} (1+{variant.nfe - ours.nfe}/{ours.nfe})"
+    cells = [f"{entry['ratio']:.3f}", f"{entry['ratio_of_mins']:.3f}", target_text, entry["verdict"]]
+    return cells, entry["passed"]
+
+
 def max_abs_diff(a: Any, b: Any) -> float:
     """Largest absolute difference; NaN in the same place in both counts as equal, NaN in one as inf."""
     ta = torch.as_tensor(a).detach().float().cpu()
@@ -302,3 +323,54 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------------- the pair
+def sdxl_pipelines(base_unet: Any, distilled_unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any,
+                   tokenizer: Any) -> tuple[Any, Any]:  # fmt: skip
+    """(base, distilled) StableDiffusionXLPipelines sharing the text encoders, the tokenizer and the VAE: the base
+    on SDXL's EulerDiscreteScheduler (timestep_spacing "leading"), the distilled on an LCMScheduler of the same
+    config; progress bars off."""
+    from diffusers import EulerDiscreteScheduler, LCMScheduler, StableDiffusionXLPipeline
+
+    from divdistill.testing.tiny import SDXL_BASE_SCHEDULER_CONFIG
+
+    shared = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "add_watermarker": False,
+    }
+    base_scheduler = EulerDiscreteScheduler(**SDXL_BASE_SCHEDULER_CONFIG)
+    base = StableDiffusionXLPipeline(unet=base_unet, scheduler=base_scheduler, **shared)
+    distilled = StableDiffusionXLPipeline(
+        unet=distilled_unet, scheduler=LCMScheduler.from_config(base_scheduler.config), **shared
+    )
+    for pipe in (base, distilled):
+        pipe.set_progress_bar_config(disable=True)
+    return base, distilled
+
+
+def runners(distilled: Any, hybrid: Any, size: int, output_type: str) -> tuple[Callable, Callable[..., Callable]]:
+    """The timed calls, all on PROMPT, TIMESTEPS, distilled guidance 0 and a fresh generator seeded SEED:
+    diffusers' own call on the distilled pipeline (its NFE comes from the UNet hooks), and a factory
+    `divdistill(**kwargs)` of HybridPipeline calls with those extra arguments."""
+    common = {"height": size, "width": size, "output_type": output_type}
+
+    def generator() -> torch.Generator:
+        return torch.Generator("cpu").manual_seed(SEED)
+
+    def diffusers_distilled():
+        out = distilled(PROMPT, timesteps=list(TIMESTEPS), guidance_scale=0.0, generator=generator(), **common)
+        return out.images, None  # NFE counted by the UNet hooks
+
+    def divdistill(**kwargs):
+        def run():
+            out = hybrid(PROMPT, timesteps=TIMESTEPS, guidance_scale=0.0, generator=generator(), **common, **kwargs)
+            return out.images, out.nfe
+
+        return run
+
+    return diffusers_distilled, divdistill

@@ -53,41 +53,36 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch
 
 from _bench import (
+    PROMPT,
+    SEED,
+    TIMESTEPS,
     TOLERANCE,
     UNetMeter,
     Variant,
-    compare,
     environment,
     load_note,
     max_abs_diff,
     median,
-    nfe_target,
     quiet_libraries,
     run_interleaved,
+    runners,
+    sdxl_pipelines,
     seeded,
     table,
+    timing_cells,
     variant_record,
     write_json,
 )
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.testing.tiny import SDXL_BASE_SCHEDULER_CONFIG, perturbed_unet, tiny_tokenizer
+from divdistill.testing.tiny import perturbed_unet, tiny_tokenizer
 
-PROMPT = "a photograph of an astronaut riding a horse on the moon"
-TIMESTEPS = (999, 749, 499, 249)
-SEED = 1234
 TEXT_HIDDEN = 64  # per encoder; the UNet's cross-attention dim is the two concatenated
 ADDITION_TIME_EMBED_DIM = 32
 
 
 def build_pair(seed: int = 0) -> tuple[Any, Any]:
     """(base, distilled) StableDiffusionXLPipelines on CPU, float32, sharing text encoders, tokenizers and VAE."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        LCMScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def text_config(act: str) -> CLIPTextConfig:
@@ -143,42 +138,12 @@ def build_pair(seed: int = 0) -> tuple[Any, Any]:
         text_encoder_2 = CLIPTextModelWithProjection(text_config("gelu"))
     for module in (unet, vae, text_encoder, text_encoder_2):
         module.eval().requires_grad_(False)
-    tokenizer = tiny_tokenizer()
-    shared = {
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "text_encoder_2": text_encoder_2,
-        "tokenizer": tokenizer,
-        "tokenizer_2": tokenizer,
-        "add_watermarker": False,
-    }
-    base_scheduler = EulerDiscreteScheduler(**SDXL_BASE_SCHEDULER_CONFIG)
-    base = StableDiffusionXLPipeline(unet=unet, scheduler=base_scheduler, **shared)
     distilled_unet = perturbed_unet(unet, seed=seed + 7, scale=0.1)
-    distilled_scheduler = LCMScheduler.from_config(base_scheduler.config)
-    distilled = StableDiffusionXLPipeline(unet=distilled_unet, scheduler=distilled_scheduler, **shared)
-    for pipe in (base, distilled):
-        pipe.set_progress_bar_config(disable=True)
-    return base, distilled
+    return sdxl_pipelines(unet, distilled_unet, vae, text_encoder, text_encoder_2, tiny_tokenizer())
 
 
 def make_variants(base: Any, distilled: Any, hybrid: HybridPipeline, size: int, output_type: str) -> list[Variant]:
-    common = {"height": size, "width": size, "output_type": output_type}
-
-    def generator() -> torch.Generator:
-        return torch.Generator("cpu").manual_seed(SEED)
-
-    def diffusers_distilled():
-        out = distilled(PROMPT, timesteps=list(TIMESTEPS), guidance_scale=0.0, generator=generator(), **common)
-        return out.images, None  # NFE from the UNet hooks
-
-    def divdistill(**kwargs):
-        def run():
-            out = hybrid(PROMPT, timesteps=TIMESTEPS, guidance_scale=0.0, generator=generator(), **common, **kwargs)
-            return out.images, out.nfe
-
-        return run
-
+    diffusers_distilled, divdistill = runners(distilled, hybrid, size, output_type)
     return [
         Variant("diffusers-distilled", diffusers_distilled),
         Variant("divdistill-distilled", divdistill(mode="distilled")),
@@ -196,21 +161,10 @@ def summarise(variants: list[Variant], output_type: str) -> tuple[list[list[Any]
         entry = variant_record(variant)
         unet_share = median([u / s for u, s in zip(variant.unet_seconds, variant.seconds)])
         entry["unet_share_median"] = unet_share
-        ratio_text = min_text = target_text = mark = ""
-        if variant is reference:
-            ratio_text = "1.000 (ref)"
-        else:
-            against = reference if variant is ours else ours
-            target = 1.0 if variant is ours else nfe_target(variant, ours)
-            entry.update(compare(variant, against, target))
-            mark = entry["verdict"]
-            ok &= entry["passed"]
-            ratio_text, min_text = f"{entry['ratio']:.3f}", f"{entry['ratio_of_mins']:.3f}"
-            if variant is ours:
-                target_text = f"<= {entry['bound']:.2f}"
-            else:
-                entry["added_nfe"] = variant.nfe - ours.nfe
-                target_text = f"{target:.3f} (1+{variant.nfe - ours.nfe}/{ours.nfe})"
+        cells = ["1.000 (ref)", "", "", ""]
+        if variant is not reference:
+            cells, passed = timing_cells(entry, variant, reference, ours)
+            ok &= passed
         record[variant.name] = entry
         rows.append(
             [
@@ -221,10 +175,7 @@ def summarise(variants: list[Variant], output_type: str) -> tuple[list[list[Any]
                 f"{median(variant.seconds):.4f}",
                 f"{median(variant.unet_seconds):.4f}",
                 f"{100 * unet_share:.0f}%",
-                ratio_text,
-                min_text,
-                target_text,
-                mark,
+                *cells,
             ]
         )
     return rows, record, ok

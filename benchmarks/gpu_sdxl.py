@@ -44,30 +44,31 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch
 
 from _bench import (
+    PROMPT,
+    SEED,
+    TIMESTEPS,
     TOLERANCE,
     UNetMeter,
     Variant,
-    compare,
     environment,
     load_note,
     max_abs,
     max_abs_diff,
     median,
-    nfe_target,
     paired_ratio,
     quiet_libraries,
     run_interleaved,
+    runners,
+    sdxl_pipelines,
     seeded,
     table,
+    timing_cells,
     variant_record,
     write_json,
 )
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.testing.tiny import SDXL_BASE_SCHEDULER_CONFIG, tiny_tokenizer
+from divdistill.testing.tiny import tiny_tokenizer
 
-PROMPT = "a photograph of an astronaut riding a horse on the moon"
-TIMESTEPS = (999, 749, 499, 249)
-SEED = 1234
 BASE_GUIDANCE = 5.0
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -213,9 +214,6 @@ def build(spec: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: 
     """
     from diffusers import (
         AutoencoderKL,
-        EulerDiscreteScheduler,
-        LCMScheduler,
-        StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -233,21 +231,7 @@ def build(spec: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: 
     tokenizer = tiny_tokenizer()
     assert len(tokenizer) <= min(spec["text_encoder"]["vocab_size"], spec["text_encoder_2"]["vocab_size"])
 
-    shared = {
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "text_encoder_2": text_encoder_2,
-        "tokenizer": tokenizer,
-        "tokenizer_2": tokenizer,
-        "add_watermarker": False,
-    }
-    base_scheduler = EulerDiscreteScheduler(**SDXL_BASE_SCHEDULER_CONFIG)  # timestep_spacing "leading"
-    base = StableDiffusionXLPipeline(unet=base_unet, scheduler=base_scheduler, **shared)
-    distilled = StableDiffusionXLPipeline(
-        unet=distilled_unet, scheduler=LCMScheduler.from_config(base_scheduler.config), **shared
-    )
-    for pipe in (base, distilled):
-        pipe.set_progress_bar_config(disable=True)
+    base, distilled = sdxl_pipelines(base_unet, distilled_unet, vae, text_encoder, text_encoder_2, tokenizer)
     counts = {
         "unet": params(base_unet),
         "vae": params(vae),
@@ -258,22 +242,7 @@ def build(spec: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: 
 
 
 def make_variants(base, distilled, hybrid: HybridPipeline, size: int, base_steps: int, output_type: str):
-    common = {"height": size, "width": size, "output_type": output_type}
-
-    def generator() -> torch.Generator:
-        return torch.Generator("cpu").manual_seed(SEED)
-
-    def diffusers_distilled():
-        out = distilled(PROMPT, timesteps=list(TIMESTEPS), guidance_scale=0.0, generator=generator(), **common)
-        return out.images, None  # NFE counted by the UNet hooks
-
-    def divdistill(**kwargs):
-        def run():
-            out = hybrid(PROMPT, timesteps=TIMESTEPS, guidance_scale=0.0, generator=generator(), **common, **kwargs)
-            return out.images, out.nfe
-
-        return run
-
+    diffusers_distilled, divdistill = runners(distilled, hybrid, size, output_type)
     return [
         Variant(f"base-{base_steps}", divdistill(
             mode="base", base_num_inference_steps=base_steps, base_guidance_scale=BASE_GUIDANCE
@@ -375,21 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, results, timing_ok = [], {}, True
     for variant in variants:
         entry = variant_record(variant)
-        ratio_text = min_text = target_text = mark = ""
-        if variant is reference:
-            ratio_text = "1.000 (ref)"
-        elif variant is not base_run:
-            against = reference if variant is ours else ours
-            target = 1.0 if variant is ours else nfe_target(variant, ours)
-            entry.update(compare(variant, against, target))
-            mark = entry["verdict"]
-            timing_ok &= entry["passed"]
-            ratio_text, min_text = f"{entry['ratio']:.3f}", f"{entry['ratio_of_mins']:.3f}"
-            if variant is ours:
-                target_text = f"<= {entry['bound']:.2f}"
-            else:
-                entry["added_nfe"] = variant.nfe - ours.nfe
-                target_text = f"{target:.3f} (1+{variant.nfe - ours.nfe}/{ours.nfe})"
+        cells = ["1.000 (ref)" if variant is reference else "", "", "", ""]
+        if variant is not reference and variant is not base_run:
+            cells, passed = timing_cells(entry, variant, reference, ours)
+            timing_ok &= passed
         speedup = paired_ratio(base_run, variant)
         entry["speedup_vs_base"] = speedup
         results[variant.name] = entry
@@ -404,10 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{median(variant.unet_seconds):.3f}",
                 gib(peak),
                 gib(activation),
-                ratio_text,
-                min_text,
-                target_text,
-                mark,
+                *cells,
                 f"{speedup:.1f}x",
             ]
         )

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Tiny models gain nothing from intra-op threads, and threads collapse when the cores are shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,27 @@ def offline_hub_env(offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # ============================================ end offline hub ========================================
+
+
+# The CLI tests: the tiny pair of tests/tiny_cli.py in place of real weights.
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Inject the tiny pair as `divdistill.cli.generate.build_pipeline` (every command that loads a pair goes
+    through it); the list collects every pipeline the CLI builds (their `.calls` log the calls)."""
+    import tiny_cli
+    from divdistill.cli import generate
+
+    pipelines: list = []
+    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=pipelines))
+    return pipelines
+
+
+@pytest.fixture
+def fresh_process_state() -> Iterator[None]:
+    """The CLI creates accelerate's PartialState (a process-wide singleton); leave none behind for other tests."""
+    from accelerate import PartialState
+
+    fresh = not PartialState._shared_state
+    yield
+    if fresh:
+        PartialState._reset_state()

@@ -9,10 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +20,7 @@ from divdistill.cli import generate
 from divdistill.cli.main import main
 from divdistill.images import contact_sheet, save_image_atomic, write_json_atomic
 from divdistill.jobs import Job, JobError, is_done, read_prompts_csv, shard
+from launch import launch, logged
 
 MODEL = ["--base", "tiny/base", "--distilled", "tiny/distilled"]
 CSV_TEXT = (
@@ -36,23 +33,7 @@ CSV_TEXT = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_process_state() -> Iterator[None]:
-    """The CLI creates accelerate's PartialState (a process-wide singleton); leave none behind for other tests."""
-    from accelerate import PartialState
-
-    fresh = not PartialState._shared_state
-    yield
-    if fresh:
-        PartialState._reset_state()
-
-
-@pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Inject the tiny pair; the list collects every pipeline the CLI builds (their `.calls` log the calls)."""
-    pipelines: list = []
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=pipelines))
-    return pipelines
+pytestmark = pytest.mark.usefixtures("fresh_process_state")  # `built` (the tiny pair) is in conftest.py
 
 
 def calls_of(pipelines: list) -> list[dict]:
@@ -400,45 +381,6 @@ def test_contact_sheet_grid_and_labels() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- two processes
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _launch(tmp_path: Path, log: Path, *argv: str | Path) -> None:
-    """`accelerate launch` two CPU processes running tests/tiny_cli.py.
-
-    accelerate 1.15's `--cpu` starts a single process (several need mpirun); `--multi_gpu` starts N processes
-    through torchrun, which on a machine without GPUs the CLI joins as a multi-CPU (gloo) group.
-    """
-    log.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "DIVDISTILL_CALL_LOG": str(log),
-        "OMP_NUM_THREADS": "1",
-        "HF_HOME": str(tmp_path / "hf-home"),  # no user accelerate config
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        str(Path(tiny_cli.__file__)), *map(str, argv),
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-
-def _logged(log: Path) -> dict[int, list[tuple[str, int]]]:
-    by_rank: dict[int, list[tuple[str, int]]] = {}
-    for path in log.glob("calls-*.jsonl"):
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            by_rank.setdefault(entry["rank"], []).extend(zip(entry["prompts"], entry["seeds"]))
-    return by_rank
-
-
 def test_two_processes_generate_each_job_once(tmp_path: Path, built: list) -> None:
     prompts = tmp_path / "prompts.csv"
     prompts.write_text(CSV_TEXT)
@@ -446,8 +388,8 @@ def test_two_processes_generate_each_job_once(tmp_path: Path, built: list) -> No
     assert cli(*args, "--out", tmp_path / "single") == 0
 
     out, log = tmp_path / "multi", tmp_path / "log"
-    _launch(tmp_path, log, *args, "--out", out)
-    by_rank = _logged(log)
+    launch(tmp_path, log, *args, "--out", out)
+    by_rank = logged(log)
     jobs = read_prompts_csv(prompts)
     expected = {rank: [(j.prompt, j.seeds(1, 0)[0]) for j in shard(jobs, rank, 2)] for rank in (0, 1)}
     assert {rank: sorted(pairs) for rank, pairs in by_rank.items()} == {r: sorted(p) for r, p in expected.items()}
@@ -470,8 +412,8 @@ def test_two_processes_generate_each_job_once(tmp_path: Path, built: list) -> No
         path.unlink()
     for path in log.iterdir():
         path.unlink()
-    _launch(tmp_path, log, *args, "--out", out)
-    assert _logged(log) == {1: [("a dog", 0)]}
+    launch(tmp_path, log, *args, "--out", out)
+    assert logged(log) == {1: [("a dog", 0)]}
     assert snapshot(out).keys() == single.keys()
     assert json.loads((out / "manifest.json").read_text())["complete"]
 

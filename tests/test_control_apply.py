@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,6 @@ import torch
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.cli import generate
 from divdistill.cli.main import main
 from divdistill.control import AdaptedPipeline, AdapterMismatchError, save_lora
 from divdistill.control.train import slider_modules
@@ -139,10 +139,9 @@ def test_mismatch_fails_before_loading_and_partial_warns(pipe: HybridPipeline, t
 
 # ----------------------------------------------------------------------------------------------- generate --lora
 @pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list:
-    pipelines: list = []
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=pipelines))
-    yield pipelines
+def built(built: list) -> Iterator[list]:
+    """conftest.py's tiny pair, and no accelerate PartialState left behind."""
+    yield built
     from accelerate import PartialState
 
     PartialState._reset_state()

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.cli import generate
 from divdistill.cli.main import main
 from divdistill.control import AdaptedPipeline, read_lora
 from divdistill.control.train import SliderConfig, SliderTrainer, checkpoint_files, train_slider
@@ -88,13 +87,6 @@ def test_resumed_training_equals_an_uninterrupted_run(pipe: HybridPipeline, tmp_
         assert all(report.complete and len(report.matched) == 129 for report in adapter.reports.values())
         ours = loaded_deltas(pipe.base.unet, adapter.name)
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
-
-
-@pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list:
-    pipelines: list = []
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=pipelines))
-    return pipelines
 
 
 def test_slider_train_command(tmp_path: Path, built: list, capsys) -> None:

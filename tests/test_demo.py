@@ -8,10 +8,10 @@ import math
 
 import pytest
 
+from browser import body_data, browser_dom
 from divdistill.cli.main import main
 from divdistill.demo import MODES, SLIDER_NAME, slider_path
 from divdistill.pocket.weights import has_weights
-from test_trajectory import body_data, browser_dom
 
 pytestmark = pytest.mark.skipif(
     not (has_weights() and slider_path(SLIDER_NAME).is_file()), reason="no shipped pocket weights or slider"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-import tiny_cli
-from divdistill.cli import generate
+from browser import body_data, browser_dom
 from divdistill.cli.main import main
 from divdistill.metrics import embedders
 from divdistill.metrics.cache import EmbeddingCache
-from test_cli_generate import _launch, _logged
-from test_trajectory import body_data, browser_dom
+from launch import launch, logged
 
 MODEL = ["--base", "tiny/base", "--distilled", "tiny/distilled"]
 PROMPTS = ["--prompt", "a red cube", "--prompt", "a blue ball"]
@@ -48,21 +45,7 @@ class _CNN:
 CNN = _CNN()
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_process_state() -> Iterator[None]:
-    from accelerate import PartialState
-
-    fresh = not PartialState._shared_state
-    yield
-    if fresh:
-        PartialState._reset_state()
-
-
-@pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list:
-    pipelines: list = []
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=pipelines))
-    return pipelines
+pytestmark = pytest.mark.usefixtures("fresh_process_state")  # `built` (the tiny pair) is in conftest.py
 
 
 def cli(*argv: str | Path) -> int:
@@ -240,9 +223,9 @@ def test_eval_under_two_processes_generates_and_embeds_each_image_once(tmp_path:
     out, log = tmp_path / "eval", tmp_path / "log"
     args = ["eval", *MODEL, "--prompts", prompts, "--seeds-per-prompt", 2, "--modes", "distilled,hybrid:1",
             "--bootstrap", 50, "--out", out]  # fmt: skip
-    _launch(tmp_path, log, *args)
-    generated = [pair for pairs in _logged(log).values() for pair in pairs]
-    assert len(generated) == 2 * 3 * 2 and set(_logged(log)) == {0, 1}  # both processes worked
+    launch(tmp_path, log, *args)
+    generated = [pair for pairs in logged(log).values() for pair in pairs]
+    assert len(generated) == 2 * 3 * 2 and set(logged(log)) == {0, 1}  # both processes worked
     data = json.loads((out / "metrics.json").read_text())
     # Embedding is sharded too: the main process embedded its half (3 of each mode's 6 images), the merged
     # caches hold all of them.

@@ -6,13 +6,12 @@ import csv
 import functools
 import json
 import re
-import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from browser import body_data, browser_dom
 from divdistill import HybridPipeline
 from divdistill.metrics import FeatureDistance, PixelDistance, get_distance
 from divdistill.sampling import StepRecord
@@ -347,37 +346,6 @@ def test_feature_distance_pairwise_matches_pairs() -> None:
 
 
 # ------------------------------------------------------------------------------------- the CLI and its page
-def browser_dom(page) -> str:
-    """The DOM of a local page after load, from headless Debian chromium (read back with --dump-dom)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    profile = page.parent / ".chromium-profile"
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        page.resolve().as_uri(),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
-    shutil.rmtree(profile, ignore_errors=True)
-    return result.stdout
-
-
-def body_data(dom: str) -> dict[str, str]:
-    body = re.search(r"<body([^>]*)>", dom)
-    assert body is not None, dom[:500]
-    return dict(re.findall(r'data-images-(\w+)="([^"]*)"', body.group(1)))
-
-
 def test_trace_cli_writes_every_file_resumes_and_the_page_shows_its_images(tmp_path, monkeypatch, lcm_pipe) -> None:
     from divdistill.cli import main, trace
 

@@ -476,7 +476,8 @@ _EXTRA_STYLE = " td { font-variant-numeric: tabular-nums; } th { border-bottom: 
 
 def render_html(result: DemoResult, grids: Sequence[tuple[str, str]], figures: Sequence[tuple[str, str]],
                 slider_grid: str) -> str:  # fmt: skip
-    from divdistill.trajectory.report import _CHECK_SCRIPT, _STYLE
+    from divdistill.htmlpage import CHECK_SCRIPT
+    from divdistill.trajectory.report import _STYLE
 
     e = html.escape
     cfg = result.config
@@ -486,7 +487,7 @@ def render_html(result: DemoResult, grids: Sequence[tuple[str, str]], figures: S
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>divdistill demo: the pocket pair</title>',
         f"<style>{_STYLE}{_EXTRA_STYLE}</style>",
-        f"<script>{_CHECK_SCRIPT}</script></head><body>",
+        f"<script>{CHECK_SCRIPT}</script></head><body>",
         "<h1>divdistill demo: diversity distillation on the pocket pair</h1>",
         f"<p>{cfg['prompts']} prompts x {cfg['seeds']} seeds per mode (seed s is the same initial noise in every "
         f"mode); bootstrap 95% intervals over seeds ({cfg['replicates']} resamples), averaged over prompts; "

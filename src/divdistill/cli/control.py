@@ -23,24 +23,27 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from divdistill.cli import CLIError
-from divdistill.cli.generate import DTYPES, _positive_int
+from divdistill.cli.common import (
+    add_command,
+    add_command_group,
+    add_device_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_model_arguments,
+    comma_separated,
+    positive_int,
+    resolve_dtype,
+)
 
 MODELS = ("base", "distilled", "hybrid")
 
 
 def _scales(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("no scales given")
-    return values
+    return comma_separated(text, float, "numbers", "scales")
 
 
 def _seeds(text: str) -> list[int]:
@@ -49,27 +52,10 @@ def _seeds(text: str) -> list[int]:
     return parse_seeds(text)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset, or --base/--distilled (as `divdistill generate`), plus --device and --dtype."""
-    model = parser.add_argument_group("model (as generate): --preset, or --base and --distilled")
-    model.add_argument("--preset", help="a named pair (see `divdistill presets`)")
-    model.add_argument("--base", metavar="PATH_OR_REPO", help="base diffusers pipeline")
-    model.add_argument("--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo")
-    model.add_argument("--distilled-unet", metavar="FILE", help="raw distilled UNet state dict inside --distilled")
-    model.add_argument("--scheduler", metavar="NAME", help="scheduler for the distilled model")
-    model.add_argument("--cache-dir", help="Hugging Face cache folder")
-    model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    model.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype")
-
-
-def check_model_arguments(args: argparse.Namespace) -> None:
-    pair = args.base is not None or args.distilled is not None
-    if args.preset and pair:
-        raise CLIError("give either --preset or --base/--distilled, not both")
-    if not args.preset and not (args.base and args.distilled):
-        raise CLIError("give --preset NAME, or both --base and --distilled")
-    if args.preset and (args.distilled_unet or args.scheduler):
-        raise CLIError("--distilled-unet and --scheduler go with --base/--distilled, not --preset")
+def add_pair_arguments(parser: argparse.ArgumentParser, auto_dtype: str = "float16") -> None:
+    """--preset, or --base/--distilled (as `divdistill generate`), plus --device and --dtype (for `load_pair`)."""
+    model = add_model_arguments(parser, "model (as generate): --preset, or --base and --distilled")
+    add_device_arguments(model, "cuda when available, else cpu", auto_dtype)
 
 
 def load_pair(args: argparse.Namespace, auto_dtype: str = "float16") -> tuple[Any, Any]:
@@ -82,22 +68,21 @@ def load_pair(args: argparse.Namespace, auto_dtype: str = "float16") -> tuple[An
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as error:
         raise CLIError(f"bad --device {args.device!r}: {error}") from None
-    name = args.dtype if args.dtype != "auto" else (auto_dtype if device.type == "cuda" else "float32")
+    _, dtype = resolve_dtype(args.dtype, device, auto_dtype)
     if not hasattr(args, "steps"):
         args.steps = None
-    pipe = generate.build_pipeline(args, device, getattr(torch, name))
+    pipe = generate.build_pipeline(args, device, dtype)
     return pipe, device
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("control", help="control distillation: measure how adapters transfer")
-    commands = parser.add_subparsers(dest="control_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: _usage(parser))
-    evaluate = commands.add_parser(
+    parser, commands = add_command_group(subparsers, "control", "control distillation: measure how adapters transfer")
+    evaluate = add_command(
+        commands,
         "eval",
-        help="apply an adapter at several scales to base, distilled and hybrid, and score the change",
-        description="Measure control transfer.\n\n" + __doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "apply an adapter at several scales to base, distilled and hybrid, and score the change",
+        "Measure control transfer.",
+        __doc__,
     )
     # `--scales -2,-1,0,1,2`: let a value that starts with a negative number be a value, not an option
     # (argparse only recognises single negative numbers; `--scales=-2,-1` works regardless).
@@ -117,15 +102,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="clip (default), a registered metric backend with text, or MODULE:ATTR")  # fmt: skip
     what.add_argument("--clip-model", metavar="MODEL:PRETRAINED", help="open_clip model (default ViT-L-14:openai)")
 
-    add_model_arguments(evaluate)
+    add_pair_arguments(evaluate)
     sampling = evaluate.add_argument_group("sampling (unset: the pair's defaults)")
-    sampling.add_argument("--steps", type=_positive_int, help="distilled schedule's step count")
-    sampling.add_argument("--base-steps", type=_positive_int, help="base steps of the hybrid")
-    sampling.add_argument("--base-num-inference-steps", type=_positive_int, help="the base model's own step count")
-    sampling.add_argument("--guidance-scale", type=float, help="distilled model's guidance scale")
-    sampling.add_argument("--base-guidance-scale", type=float, help="base model's guidance scale")
-    sampling.add_argument("--height", type=_positive_int)
-    sampling.add_argument("--width", type=_positive_int)
+    add_sampling_arguments(sampling, "steps")
+    sampling.add_argument("--base-steps", type=positive_int, help="base steps of the hybrid")
+    sampling.add_argument("--base-num-inference-steps", type=positive_int, help="the base model's own step count")
+    add_sampling_arguments(sampling, "guidance_scale", "base_guidance_scale", "height", "width")
 
     run = evaluate.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -133,11 +115,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=run_control_eval)
     return parser
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:

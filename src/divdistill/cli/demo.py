@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from divdistill.cli.generate import _positive_int
+from divdistill.cli.common import positive_int as _positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -42,7 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.cli import CLIError
-from divdistill.cli.generate import DTYPES, _non_negative_int, _positive_int, _timesteps
+from divdistill.cli.common import (
+    add_command,
+    add_device_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_pair_arguments,
+    non_negative_int,
+    positive_int,
+)
 from divdistill.images import atomic_write
 
 
@@ -59,11 +67,12 @@ def _level(text: str) -> float:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "eval",
-        help="measure diversity, quality and speed of base, distilled and hybrid sampling (or of image folders)",
-        description="Evaluate modes of a pair, or image folders.\n\n" + __doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "measure diversity, quality and speed of base, distilled and hybrid sampling (or of image folders)",
+        "Evaluate modes of a pair, or image folders.",
+        __doc__,
     )
     what = parser.add_argument_group("what to evaluate: a pair with --prompts/--prompt, or --images")
     what.add_argument("--images", nargs="+", metavar="DIR", help="evaluate existing image folders instead")
@@ -72,25 +81,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     what.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; instead of --prompts)")
     what.add_argument("--modes", default="base,distilled,hybrid",
                       help="comma-separated mode specs (default: base,distilled,hybrid)")  # fmt: skip
-    what.add_argument("--seeds-per-prompt", type=_positive_int, default=16, help="images per prompt (default 16)")
+    what.add_argument("--seeds-per-prompt", type=positive_int, default=16, help="images per prompt (default 16)")
     what.add_argument("--seed", type=int, default=0, help="first seed where the CSV has no evaluation_seed")
 
-    model = parser.add_argument_group("model (as generate): --preset, or --base and --distilled")
-    model.add_argument("--preset")
-    model.add_argument("--base", metavar="PATH_OR_REPO")
-    model.add_argument("--distilled", metavar="PATH_OR_REPO")
-    model.add_argument("--distilled-unet", metavar="FILE")
-    model.add_argument("--scheduler", metavar="NAME")
-    model.add_argument("--cache-dir", help="Hugging Face cache folder")
+    add_model_arguments(parser, "model (as generate): --preset, or --base and --distilled")
 
     sampling = parser.add_argument_group("sampling for every mode (unset: the pair's defaults)")
-    sampling.add_argument("--steps", type=_positive_int, help="distilled schedule's step count")
-    sampling.add_argument("--timesteps", type=_timesteps, help="explicit distilled timesteps")
-    sampling.add_argument("--guidance-scale", type=float, help="distilled model's guidance scale")
+    add_sampling_arguments(sampling, "steps", "timesteps", "guidance_scale")
     sampling.add_argument("--base-guidance-scale", type=float, help="base guidance (a mode's @cfgX overrides it)")
     sampling.add_argument("--negative-prompt")
-    sampling.add_argument("--height", type=_positive_int)
-    sampling.add_argument("--width", type=_positive_int)
+    add_sampling_arguments(sampling, "height", "width")
 
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument("--metrics", help="comma-separated metrics (default: diversity,vendi[,fid,kid])")
@@ -99,20 +99,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help="add a backend: an Embedder, ImageDistance or feature extractor; ATTR() calls a "
                          "factory (with device=); then use e.g. --metrics diversity-NAME,vendi-NAME")  # fmt: skip
     metrics.add_argument("--clip-model", metavar="MODEL:PRETRAINED", help="open_clip model (default ViT-L-14:openai)")
-    metrics.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="bootstrap resamples (default 1000)")
+    metrics.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples (default 1000)")
     metrics.add_argument("--ci-level", type=_level, default=0.95, help="interval level (default 0.95)")
-    metrics.add_argument("--max-group-size", type=_positive_int, default=1000,
+    metrics.add_argument("--max-group-size", type=positive_int, default=1000,
                          help="images per prompt used for per-prompt metrics (default 1000)")  # fmt: skip
     metrics.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    run.add_argument("--device", help="torch device (default: this process's accelerator, else cpu)")
-    run.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: float16 on cuda)")
-    run.add_argument("--batch-size", type=_positive_int, default=1, help="images per pipeline call (default 1)")
+    add_device_arguments(run, "this process's accelerator, else cpu")
+    run.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call (default 1)")
     run.add_argument("--no-generate", action="store_true", help="evaluate only the images already there")
     run.add_argument("--overwrite", action="store_true", help="regenerate finished jobs too")
-    run.add_argument("--html-prompts", type=_non_negative_int, default=12, help="prompts with sample grids (12)")
+    run.add_argument("--html-prompts", type=non_negative_int, default=12, help="prompts with sample grids (12)")
     run.add_argument("--title", default="divdistill evaluation", help="report title")
     parser.set_defaults(func=run_eval)
     return parser
@@ -137,11 +136,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError("give --prompts FILE.csv or --prompt TEXT (or --images DIR ...)")
     if args.no_generate:
         return
-    pair = args.base is not None or args.distilled is not None
-    if args.preset and pair:
-        raise CLIError("give either --preset or --base/--distilled, not both")
-    if not args.preset and not (args.base and args.distilled):
-        raise CLIError("give --preset NAME, or both --base and --distilled (or --images DIR ...)")
+    check_pair_arguments(args, hint=" (or --images DIR ...)")
 
 
 def parse_backends(specs: list[str], device: Any = None) -> dict[str, Any]:

@@ -46,50 +46,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from divdistill.cli import CLIError
+from divdistill.cli.common import (
+    add_command,
+    add_device_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    build_pipeline,  # looked up here by every command that loads a pair: tests replace it
+    check_model_arguments,
+    check_timesteps,
+    model_request,
+    non_negative_int,
+    positive_int,
+    resolve_dtype,
+)
 from divdistill.images import contact_sheet, remove_stale_temps, save_image_atomic, write_json_atomic
 from divdistill.jobs import SIDECAR, Job, JobError, job_status, read_prompts_csv, read_sidecar, shard
 
 if TYPE_CHECKING:
     import torch
 
-    from divdistill.pipeline import HybridPipeline
-
 MANIFEST = "manifest.json"
 CONTACT_SHEET = "contact_sheet.png"
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODES = ("hybrid", "base", "distilled", "reverse")  # as divdistill.schedule.MODES (not imported: it pulls torch)
 
 
 # ----------------------------------------------------------------------------------------------- arguments
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _timesteps(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("no timesteps given")
-    return values
+_positive_int = positive_int  # the name `divdistill demo` imports from here
 
 
 def _lora(text: str) -> tuple[str, float]:
@@ -104,23 +86,14 @@ def _lora(text: str) -> tuple[str, float]:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "generate",
-        help="generate images (hybrid base/distilled sampling) for a prompt or a CSV of prompts",
-        description="Generate images with a base/distilled pair.\n\n" + __doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "generate images (hybrid base/distilled sampling) for a prompt or a CSV of prompts",
+        "Generate images with a base/distilled pair.",
+        __doc__,
     )
-    model = parser.add_argument_group("model: --preset, or --base and --distilled")
-    model.add_argument("--preset", help="a named pair (see `divdistill presets`)")
-    model.add_argument("--base", metavar="PATH_OR_REPO", help="base diffusers pipeline")
-    model.add_argument(
-        "--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo of --distilled-unet"
-    )
-    model.add_argument("--distilled-unet", metavar="FILE", help="raw distilled UNet state dict inside --distilled")
-    model.add_argument(
-        "--scheduler", metavar="NAME", help="scheduler for the distilled model (lcm, euler, euler_a, ...)"
-    )
-    model.add_argument("--cache-dir", help="Hugging Face cache folder")
+    add_model_arguments(parser)
 
     prompts = parser.add_argument_group("prompts and seeds")
     prompts.add_argument("--prompt", help="one prompt")
@@ -128,24 +101,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--prompts", metavar="FILE.csv", help="CSV with a 'prompt' column, optional 'case_number' and 'evaluation_seed'"
     )
     prompts.add_argument("--negative-prompt", help="negative prompt (used where guidance runs)")
-    prompts.add_argument("-n", "--num-images", type=_positive_int, default=1, help="images per prompt (default 1)")
+    prompts.add_argument("-n", "--num-images", type=positive_int, default=1, help="images per prompt (default 1)")
     prompts.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0); image i: seed+i")
 
     sampling = parser.add_argument_group("sampling (unset: the pair's defaults)")
     sampling.add_argument("--mode", choices=MODES, help="hybrid (default), base, distilled or reverse")
-    sampling.add_argument("--base-steps", type=_non_negative_int, help="steps the base model runs (hybrid/reverse)")
+    sampling.add_argument("--base-steps", type=non_negative_int, help="steps the base model runs (hybrid/reverse)")
     sampling.add_argument(
         "--base-schedule", choices=("shared", "own"), help="base on the distilled schedule or its own"
     )
-    sampling.add_argument("--base-num-inference-steps", type=_positive_int, help="the base's own step count")
+    sampling.add_argument("--base-num-inference-steps", type=positive_int, help="the base's own step count")
     sampling.add_argument("--segments", help="explicit segments, e.g. 'base:1,distilled:3' (replaces --mode)")
-    sampling.add_argument("--skip-first-steps", type=_non_negative_int, default=0, help="start at the k-th timestep")
-    sampling.add_argument("--steps", type=_positive_int, help="distilled schedule's step count")
-    sampling.add_argument("--timesteps", type=_timesteps, help="explicit distilled timesteps, e.g. 999,749,499,249")
-    sampling.add_argument("--guidance-scale", type=float, help="distilled model's guidance scale")
-    sampling.add_argument("--base-guidance-scale", type=float, help="base model's guidance scale")
-    sampling.add_argument("--height", type=_positive_int, help="image height in pixels")
-    sampling.add_argument("--width", type=_positive_int, help="image width in pixels")
+    sampling.add_argument("--skip-first-steps", type=non_negative_int, default=0, help="start at the k-th timestep")
+    add_sampling_arguments(sampling)
 
     adapters = parser.add_argument_group("adapters: LoRA / Concept Slider files (see divdistill.control)")
     adapters.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
@@ -155,10 +123,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    run.add_argument("--device", help="torch device (default: this process's accelerator, else cpu)")
-    run.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: float16 on cuda)")
-    run.add_argument("--batch-size", type=_positive_int, default=1, help="images per pipeline call (default 1)")
-    run.add_argument("--columns", type=_positive_int, default=4, help="contact sheet columns (default 4)")
+    add_device_arguments(run, "this process's accelerator, else cpu")
+    run.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call (default 1)")
+    run.add_argument("--columns", type=positive_int, default=4, help="contact sheet columns (default 4)")
     run.add_argument("--no-contact-sheet", action="store_true", help="write no contact sheets")
     run.add_argument("--overwrite", action="store_true", help="regenerate finished jobs too")
     parser.set_defaults(func=run_generate)
@@ -171,20 +138,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError("give either --prompt TEXT or --prompts FILE.csv" + (" (not both)" if args.prompt else ""))
     if args.prompt is not None and not args.prompt.strip():
         raise CLIError("--prompt is empty")
-    pair = args.base is not None or args.distilled is not None
-    if args.preset and pair:
-        raise CLIError("give either --preset or --base/--distilled, not both")
-    if not args.preset and not (args.base and args.distilled):
-        raise CLIError("give --preset NAME, or both --base and --distilled")
-    if args.preset and (args.distilled_unet or args.scheduler):
-        raise CLIError("--distilled-unet and --scheduler go with --base/--distilled, not --preset")
-    if args.preset:
-        try:
-            from divdistill.presets import PRESETS
-        except ImportError:
-            raise CLIError("presets are not available in this installation; use --base and --distilled") from None
-        if args.preset not in PRESETS:
-            raise CLIError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+    check_model_arguments(args, known_preset=True)
     if args.segments is not None:
         given = [
             f"--{name.replace('_', '-')}"
@@ -196,8 +150,7 @@ def check_args(args: argparse.Namespace) -> None:
         from divdistill.schedule import parse_segments
 
         parse_segments(args.segments)
-    if args.timesteps is not None and args.steps is not None and len(args.timesteps) != args.steps:
-        raise CLIError(f"--steps {args.steps} does not match the {len(args.timesteps)} --timesteps given")
+    check_timesteps(args)
     if not args.lora and (args.lora_on is not None or args.lora_start is not None):
         raise CLIError("--lora-on and --lora-start go with --lora FILE[:SCALE]")
     for path, _ in args.lora or []:
@@ -226,16 +179,12 @@ def call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def request_of(args: argparse.Namespace, dtype_name: str) -> dict[str, Any]:
     """Everything that decides the images (not device, batch size or output folder); finished jobs must match it."""
-    if args.preset:
-        model: dict[str, Any] = {"preset": args.preset}
-    else:
-        model = {
-            "base": args.base,
-            "distilled": args.distilled,
-            "distilled_unet": args.distilled_unet,
-            "scheduler": args.scheduler,
-        }
-    request = {"model": model, "dtype": dtype_name, "num_images": args.num_images, "sampling": call_kwargs(args)}
+    request = {
+        "model": model_request(args),
+        "dtype": dtype_name,
+        "num_images": args.num_images,
+        "sampling": call_kwargs(args),
+    }
     if args.lora:  # only then: jobs finished without adapters keep matching their request
         from divdistill.control.apply import file_digest
 
@@ -279,34 +228,6 @@ def resolve_device(device_arg: str | None, state: Any) -> torch.device:
     if device.index is None and device.type == state_device.type and state.num_processes > 1:
         device = state_device
     return torch.device("cpu") if device.type == "cpu" else device
-
-
-def resolve_dtype(name: str, device: torch.device) -> tuple[str, torch.dtype]:
-    import torch
-
-    if name == "auto":
-        name = "float16" if device.type == "cuda" else "float32"
-    return name, getattr(torch, name)
-
-
-# ----------------------------------------------------------------------------------------------- the model
-def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> HybridPipeline:
-    """Load the pair the arguments name, on `device` in `dtype`. Tests replace this function."""
-    from divdistill.pipeline import HybridPipeline
-
-    if args.preset:
-        return HybridPipeline.from_preset(
-            args.preset, torch_dtype=dtype, device=device, cache_dir=args.cache_dir, num_inference_steps=args.steps
-        )
-    return HybridPipeline.from_pretrained(
-        args.base,
-        args.distilled,
-        distilled_unet=args.distilled_unet,
-        scheduler=args.scheduler,
-        torch_dtype=dtype,
-        device=device,
-        cache_dir=args.cache_dir,
-    )
 
 
 # ----------------------------------------------------------------------------------------------- jobs

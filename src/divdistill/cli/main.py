@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from divdistill.cli import CLIError, control, evaluate, generate, slider, trace
+from divdistill.cli import CLIError, control, demo, evaluate, generate, slider, trace
 from divdistill.pocket import cli as pocket_cli
 
 
@@ -41,6 +41,7 @@ def build_parser() -> ArgumentParser:
     slider.add_parser(commands)
     control.add_parser(commands)
     pocket_cli.add_parser(commands)
+    demo.add_parser(commands)
     presets = commands.add_parser("presets", help="list the named model pairs and their settings")
     presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     presets.set_defaults(func=run_presets)

@@ -30,19 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.cli import CLIError
-from divdistill.cli.control import add_model_arguments, check_model_arguments, load_pair
-from divdistill.cli.generate import _positive_int
+from divdistill.cli.common import add_command, add_command_group, check_model_arguments, positive_int
+from divdistill.cli.control import add_pair_arguments, load_pair
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("slider", help="Concept Sliders: train a slider on either model of a pair")
-    commands = parser.add_subparsers(dest="slider_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: _usage(parser))
-    train = commands.add_parser(
+    parser, commands = add_command_group(
+        subparsers, "slider", "Concept Sliders: train a slider on either model of a pair"
+    )
+    train = add_command(
+        commands,
         "train",
-        help="train a text Concept Slider (PEFT LoRA) on the base or the distilled model",
-        description="Train a text Concept Slider.\n\n" + __doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train a text Concept Slider (PEFT LoRA) on the base or the distilled model",
+        "Train a text Concept Slider.",
+        __doc__,
     )
     slider = train.add_argument_group("slider")
     slider.add_argument("--on", choices=("base", "distilled"), default="base", help="model to train on (base)")
@@ -54,12 +55,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     slider.add_argument("--eta", type=float, default=4.0, help="strength of the concept direction (default 4)")
 
     training = train.add_argument_group("training")
-    training.add_argument("--iterations", type=_positive_int, default=1000, help="optimizer steps (default 1000)")
+    training.add_argument("--iterations", type=positive_int, default=1000, help="optimizer steps (default 1000)")
     training.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
-    training.add_argument("--rank", type=_positive_int, default=4, help="LoRA rank (default 4)")
+    training.add_argument("--rank", type=positive_int, default=4, help="LoRA rank (default 4)")
     training.add_argument("--alpha", type=float, default=1.0, help="LoRA alpha (default 1; scale = alpha / rank)")
-    training.add_argument("--batch-size", type=_positive_int, default=1, help="latents per step (default 1)")
-    training.add_argument("--resolution", type=_positive_int, help="image size in pixels (default: the model's)")
+    training.add_argument("--batch-size", type=positive_int, default=1, help="latents per step (default 1)")
+    training.add_argument("--resolution", type=positive_int, help="image size in pixels (default: the model's)")
     training.add_argument("--denoise-steps", type=int, default=50, help="DDIM steps x_t is drawn from (default 50)")
     training.add_argument(
         "--denoise-guidance",
@@ -75,22 +76,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     training.add_argument("--no-conv", action="store_true", help="leave ResnetBlock2D / Down/Upsample2D layers out")
     training.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
 
-    add_model_arguments(train)
+    add_pair_arguments(train, auto_dtype="bfloat16")
     run = train.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
     run.add_argument("--name", default="slider", help="file name of the slider (default slider)")
     run.add_argument("--format", choices=("diffusers", "kohya"), default="diffusers", help="file layout")
-    run.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints (100)")
-    run.add_argument("--keep-checkpoints", type=_positive_int, default=2, help="checkpoints kept (default 2)")
+    run.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (100)")
+    run.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept (default 2)")
     run.add_argument("--overwrite", action="store_true", help="start over, deleting OUT's checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=run_slider_train)
     return parser
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def config_of(args: argparse.Namespace) -> Any:

@@ -34,13 +34,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from divdistill.cli import CLIError
+from divdistill.cli.common import (
+    add_device_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_model_arguments,
+    check_timesteps,
+    model_request,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from divdistill.pipeline import HybridPipeline
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODE_KINDS = ("base", "distilled", "hybrid", "reverse")
 PROMPT_RECORD = "prompt.json"
 TRACE_RECORD = "trace.json"
@@ -115,26 +123,6 @@ def parse_modes(text: str) -> list[ModeSpec]:
     return specs
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _timesteps(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("no timesteps given")
-    return values
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "trace",
@@ -142,15 +130,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    model = parser.add_argument_group("model: --preset, or --base and --distilled")
-    model.add_argument("--preset", help="a named pair (see `divdistill presets`)")
-    model.add_argument("--base", metavar="PATH_OR_REPO", help="base diffusers pipeline")
-    model.add_argument(
-        "--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo of --distilled-unet"
-    )
-    model.add_argument("--distilled-unet", metavar="FILE", help="raw distilled UNet state dict inside --distilled")
-    model.add_argument("--scheduler", metavar="NAME", help="scheduler for the distilled model (lcm, euler, ...)")
-    model.add_argument("--cache-dir", help="Hugging Face cache folder")
+    add_model_arguments(parser)
 
     prompts = parser.add_argument_group("prompts, seeds and modes")
     prompts.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
@@ -169,16 +149,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
     sampling = parser.add_argument_group("sampling (unset: the pair's defaults)")
-    sampling.add_argument("--steps", type=_positive_int, help="distilled schedule's step count")
-    sampling.add_argument("--timesteps", type=_timesteps, help="explicit distilled timesteps, e.g. 999,749,499,249")
-    sampling.add_argument("--base-num-inference-steps", type=_positive_int, help="steps of the 'base' mode")
+    sampling.add_argument("--base-num-inference-steps", type=positive_int, help="steps of the 'base' mode")
     sampling.add_argument(
         "--base-schedule", choices=("shared", "own"), help="hybrid base on the distilled schedule (shared) or its own"
     )
-    sampling.add_argument("--guidance-scale", type=float, help="distilled model's guidance scale")
-    sampling.add_argument("--base-guidance-scale", type=float, help="base model's guidance scale")
-    sampling.add_argument("--height", type=_positive_int, help="image height in pixels")
-    sampling.add_argument("--width", type=_positive_int, help="image width in pixels")
+    add_sampling_arguments(sampling)
 
     analysis = parser.add_argument_group("analysis")
     analysis.add_argument("--metric", default="auto", help="distance: auto (default), dreamsim, lpips or pixel")
@@ -195,18 +170,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PATH_OR_REPO",
         help="decode x0-hats with this diffusers AutoencoderTiny (e.g. madebyollin/taesdxl)",
     )
-    analysis.add_argument("--decode-batch-size", type=_positive_int, default=16, help="latents per decode call")
+    analysis.add_argument("--decode-batch-size", type=positive_int, default=16, help="latents per decode call")
     analysis.add_argument(
-        "--max-columns", type=_positive_int, default=12, help="steps shown per grid row (spread evenly; default 12)"
+        "--max-columns", type=positive_int, default=12, help="steps shown per grid row (spread evenly; default 12)"
     )
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    run.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    run.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: float16 on cuda)")
-    run.add_argument("--batch-size", type=_positive_int, help="images per pipeline call (default: all seeds)")
+    add_device_arguments(run, "cuda, else mps, else cpu")
+    run.add_argument("--batch-size", type=positive_int, help="images per pipeline call (default: all seeds)")
     run.add_argument("--no-latents", action="store_true", help="do not keep the recorded latents")
-    run.add_argument("--max-index-prompts", type=_positive_int, default=50, help="prompts shown on index.html")
+    run.add_argument("--max-index-prompts", type=positive_int, default=50, help="prompts shown on index.html")
     parser.set_defaults(func=run_trace)
     return parser
 
@@ -218,22 +192,8 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.prompt is not None and not all(p.strip() for p in args.prompt):
         raise CLIError("--prompt is empty")
-    pair = args.base is not None or args.distilled is not None
-    if args.preset and pair:
-        raise CLIError("give either --preset or --base/--distilled, not both")
-    if not args.preset and not (args.base and args.distilled):
-        raise CLIError("give --preset NAME, or both --base and --distilled")
-    if args.preset and (args.distilled_unet or args.scheduler):
-        raise CLIError("--distilled-unet and --scheduler go with --base/--distilled, not --preset")
-    if args.preset:
-        try:
-            from divdistill.presets import PRESETS
-        except ImportError:
-            raise CLIError("presets are not available in this installation; use --base and --distilled") from None
-        if args.preset not in PRESETS:
-            raise CLIError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
-    if args.timesteps is not None and args.steps is not None and len(args.timesteps) != args.steps:
-        raise CLIError(f"--steps {args.steps} does not match the {len(args.timesteps)} --timesteps given")
+    check_model_arguments(args, known_preset=True)
+    check_timesteps(args)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -295,12 +255,8 @@ def distilled_timesteps(pipe: Any, args: argparse.Namespace) -> list[float]:
 
 # ----------------------------------------------------------------------------------------------- requests
 def sampling_request(args: argparse.Namespace, dtype_name: str) -> dict[str, Any]:
-    if args.preset:
-        model: dict[str, Any] = {"preset": args.preset}
-    else:
-        model = {k: getattr(args, k) for k in ("base", "distilled", "distilled_unet", "scheduler")}
     request = {
-        "model": model,
+        "model": model_request(args),
         "dtype": dtype_name,
         "sampling": {k: v for k, v in vars(args).items() if k in _SAMPLING_ARGS},
     }
@@ -625,7 +581,7 @@ def write_index_page(
 def run_trace(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from divdistill.cli.generate import resolve_dtype
+    from divdistill.cli.common import resolve_dtype
     from divdistill.images import write_json_atomic
     from divdistill.metrics import get_distance
 

@@ -6,14 +6,12 @@ CLIP score, precision/recall, seconds per image, NFE per image and peak memory (
 computed). Fallback metrics are marked in every file (a `fallback` column, a note, "(fallback)" in labels).
 
 index.html is static (relative links, no network). Like the trajectory report it records on <body> whether every
-<img> decoded (`data-images-status="ok"`, `data-images-loaded`, `data-images-total`, `data-images-broken`) for a
-headless-browser check, and shows the same as a line of text.
+<img> decoded (see divdistill.htmlpage) for a headless-browser check, and shows the same as a line of text.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.evaluation.runner import EvalResult, Metric
+from divdistill.htmlpage import escape, page_end, page_start
 from divdistill.images import atomic_write, contact_sheet, save_image_atomic, write_json_atomic
 
 CSV_COLUMNS = ("mode", "prompt_id", "prompt", "metric", "backend", "label", "fallback", "value", "ci_low", "ci_high",
@@ -361,21 +360,6 @@ def write_grids(result: EvalResult, folder: Path, max_prompts: int = 12) -> dict
     return grids
 
 
-_CHECK_SCRIPT = """
-window.addEventListener("load", function () {
-  var images = Array.prototype.slice.call(document.images);
-  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
-  var body = document.body;
-  body.setAttribute("data-images-total", String(images.length));
-  body.setAttribute("data-images-loaded", String(ok.length));
-  body.setAttribute("data-images-broken", broken.map(function (i) { return i.getAttribute("src"); }).join(" "));
-  body.setAttribute("data-images-status", ok.length === images.length ? "ok" : "broken");
-  var line = document.getElementById("image-status");
-  if (line) { line.textContent = ok.length + " of " + images.length + " images loaded"; }
-});
-"""
-
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1500px; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
@@ -390,7 +374,7 @@ table.grids img { image-rendering: pixelated; max-width: 300px; } code { backgro
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], average_last: bool = False) -> str:
-    e = html.escape
+    e = escape
     parts = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     for index, row in enumerate(rows):
         cls = ' class="average"' if average_last and index == len(rows) - 1 else ""
@@ -406,19 +390,13 @@ def render_html(
     grids: dict[tuple[str, str], Path],
     title: str = "divdistill evaluation",
 ) -> str:
-    e = html.escape
+    e = escape
 
     def rel(path: Path) -> str:
         return e(path.relative_to(out).as_posix(), quote=True)
 
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(title)}</title>",
-        f"<style>{_STYLE}</style>",
-        f"<script>{_CHECK_SCRIPT}</script>",
-        "</head><body>",
-        f"<h1>{e(title)}</h1>",
+        *page_start(title, _STYLE),
         f"<p>{e(_overview(result).replace('`', ''))}</p>",
         '<p>Files: <a href="metrics.md">metrics.md</a>, <a href="metrics.csv">metrics.csv</a>, '
         '<a href="metrics.json">metrics.json</a>.</p>',
@@ -457,9 +435,7 @@ def render_html(
                            "</td>" if path else "<td>–</td>")  # fmt: skip
             parts.append("<tr>" + "".join(row) + "</tr>")
         parts.append("</table>")
-    parts.append('<p id="image-status">checking images...</p>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return page_end(parts)
 
 
 def write_reports(

@@ -1,14 +1,12 @@
 """Write the analysis: `curves.json` / `curves.csv` and an `index.html` that shows every figure.
 
-The page is static (relative links, no network). A small inline script runs on `load` and records on <body>
-whether every <img> decoded (`data-images-status="ok"`, `data-images-loaded`, `data-images-total`,
-`data-images-broken`), which a headless browser test reads back, and shows the same as a line of text.
+The page is static (relative links, no network) and, like every report page, records on <body> whether each
+<img> decoded (see divdistill.htmlpage).
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -16,25 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from divdistill.htmlpage import escape, page_end, page_start
 from divdistill.images import atomic_write, write_json_atomic
 from divdistill.trajectory.curves import Curve
 
 CSV_COLUMNS = ("curve", "mode", "metric", "step", "fraction", "timestep", "model", "mean", "std", "min", "max", "n")
 
-_CHECK_SCRIPT = """
-window.addEventListener("load", function () {
-  var images = Array.prototype.slice.call(document.images);
-  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
-  var body = document.body;
-  body.setAttribute("data-images-total", String(images.length));
-  body.setAttribute("data-images-loaded", String(ok.length));
-  body.setAttribute("data-images-broken", broken.map(function (i) { return i.getAttribute("src"); }).join(" "));
-  body.setAttribute("data-images-status", ok.length === images.length ? "ok" : "broken");
-  var line = document.getElementById("image-status");
-  if (line) { line.textContent = ok.length + " of " + images.length + " images loaded"; }
-});
-"""
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
@@ -102,16 +87,8 @@ def _clean(value: Any) -> Any:
 
 def render_index(title: str, summary: Sequence[tuple[str, str]], sections: Sequence[Section]) -> str:
     """The HTML text of the page."""
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(title)}</title>",
-        f"<style>{_STYLE}</style>",
-        f"<script>{_CHECK_SCRIPT}</script>",
-        "</head><body>",
-        f"<h1>{e(title)}</h1>",
-    ]
+    e = escape
+    parts = page_start(title, _STYLE)
     if summary:
         parts.append("<table>")
         parts.extend(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary)
@@ -126,9 +103,7 @@ def render_index(title: str, summary: Sequence[tuple[str, str]], sections: Seque
                 image = f'<a href="{e(item.src, quote=True)}">{image}</a>'
             caption = f"<figcaption>{e(item.caption)}</figcaption>" if item.caption else ""
             parts.append(f"<figure>{image}{caption}</figure>")
-    parts.append('<p id="image-status">checking images...</p>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return page_end(parts)
 
 
 def write_index(path: str | Path, title: str, summary: Sequence[tuple[str, str]], sections: Sequence[Section]) -> Path:

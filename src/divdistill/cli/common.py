@@ -1,0 +1,194 @@
+"""What the model commands (generate, trace, eval, control eval, slider train) share: argument types, the model
+and sampling options, their checks, and loading the pair.
+
+Nothing here imports torch at module level: parsing arguments stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from divdistill.cli import CLIError
+
+if TYPE_CHECKING:
+    import torch
+
+    from divdistill.pipeline import HybridPipeline
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+MODEL_GROUP = "model: --preset, or --base and --distilled"
+
+
+# ----------------------------------------------------------------------------------------------- argument types
+def integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def comma_separated(text: str, convert: Any, kind: str, what: str) -> list[Any]:
+    """'1,2,3' -> [convert('1'), ...]; errors name the `kind` of value expected and `what` the list holds."""
+    try:
+        values = [convert(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {kind} separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"no {what} given")
+    return values
+
+
+def timesteps(text: str) -> list[int]:
+    """'999,749,499' -> [999, 749, 499]."""
+    return comma_separated(text, int, "integers", "timesteps")
+
+
+# ----------------------------------------------------------------------------------------------- parsers
+def add_command(subparsers: Any, name: str, help: str, summary: str, doc: str) -> argparse.ArgumentParser:
+    """A command whose --help is `summary` and the module doc `doc` after its first paragraph, as written."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=summary + "\n\n" + doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_command_group(subparsers: Any, name: str, help: str) -> tuple[argparse.ArgumentParser, Any]:
+    """`divdistill NAME SUBCOMMAND`: NAME's parser and its subparsers (dest NAME_command); NAME alone prints its
+    help to stderr and exits 2."""
+    parser = subparsers.add_parser(name, help=help)
+    commands = parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: _usage(parser))
+    return parser, commands
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# ----------------------------------------------------------------------------------------------- options
+def add_model_arguments(parser: argparse.ArgumentParser, title: str = MODEL_GROUP) -> Any:
+    """--preset, or --base/--distilled [--distilled-unet] [--scheduler]; --cache-dir. Returns the group."""
+    model = parser.add_argument_group(title)
+    model.add_argument("--preset", help="a named pair (see `divdistill presets`)")
+    model.add_argument("--base", metavar="PATH_OR_REPO", help="base diffusers pipeline")
+    model.add_argument(
+        "--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo of --distilled-unet"
+    )
+    model.add_argument("--distilled-unet", metavar="FILE", help="raw distilled UNet state dict inside --distilled")
+    model.add_argument(
+        "--scheduler", metavar="NAME", help="scheduler for the distilled model (lcm, euler, euler_a, ...)"
+    )
+    model.add_argument("--cache-dir", help="Hugging Face cache folder")
+    return model
+
+
+def add_device_arguments(group: Any, default_device: str, auto_dtype: str = "float16") -> None:
+    """--device (help names `default_device`) and --dtype (auto: `auto_dtype` on cuda, float32 elsewhere)."""
+    group.add_argument("--device", help=f"torch device (default: {default_device})")
+    group.add_argument("--dtype", choices=DTYPES, default="auto", help=f"weights dtype (auto: {auto_dtype} on cuda)")
+
+
+_SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
+    "steps": ("--steps", {"type": positive_int, "help": "distilled schedule's step count"}),
+    "timesteps": ("--timesteps", {"type": timesteps, "help": "explicit distilled timesteps, e.g. 999,749,499,249"}),
+    "guidance_scale": ("--guidance-scale", {"type": float, "help": "distilled model's guidance scale"}),
+    "base_guidance_scale": ("--base-guidance-scale", {"type": float, "help": "base model's guidance scale"}),
+    "height": ("--height", {"type": positive_int, "help": "image height in pixels"}),
+    "width": ("--width", {"type": positive_int, "help": "image width in pixels"}),
+}
+
+
+def add_sampling_arguments(group: Any, *names: str) -> None:
+    """The sampling options `names` (default: all of steps, timesteps, guidance_scale, base_guidance_scale,
+    height, width), in that order; unset, each is the pair's default."""
+    for name in names or tuple(_SAMPLING):
+        flag, options = _SAMPLING[name]
+        group.add_argument(flag, **options)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def check_pair_arguments(args: argparse.Namespace, hint: str = "") -> None:
+    """Exactly one of --preset or --base with --distilled (`hint` ends the second message)."""
+    pair = args.base is not None or args.distilled is not None
+    if args.preset and pair:
+        raise CLIError("give either --preset or --base/--distilled, not both")
+    if not args.preset and not (args.base and args.distilled):
+        raise CLIError(f"give --preset NAME, or both --base and --distilled{hint}")
+
+
+def check_model_arguments(args: argparse.Namespace, known_preset: bool = False) -> None:
+    """The pair checks, --distilled-unet/--scheduler only with --base, and (`known_preset`) a preset that exists."""
+    check_pair_arguments(args)
+    if args.preset and (args.distilled_unet or args.scheduler):
+        raise CLIError("--distilled-unet and --scheduler go with --base/--distilled, not --preset")
+    if known_preset and args.preset:
+        try:
+            from divdistill.presets import PRESETS
+        except ImportError:
+            raise CLIError("presets are not available in this installation; use --base and --distilled") from None
+        if args.preset not in PRESETS:
+            raise CLIError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def check_timesteps(args: argparse.Namespace) -> None:
+    if args.timesteps is not None and args.steps is not None and len(args.timesteps) != args.steps:
+        raise CLIError(f"--steps {args.steps} does not match the {len(args.timesteps)} --timesteps given")
+
+
+# ----------------------------------------------------------------------------------------------- the model
+def model_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The model part of a request: {"preset": NAME}, or the --base/--distilled settings."""
+    if args.preset:
+        return {"preset": args.preset}
+    return {k: getattr(args, k) for k in ("base", "distilled", "distilled_unet", "scheduler")}
+
+
+def resolve_dtype(name: str, device: torch.device, auto: str = "float16") -> tuple[str, torch.dtype]:
+    """--dtype's name and torch dtype: 'auto' is `auto` on cuda, float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        name = auto if device.type == "cuda" else "float32"
+    return name, getattr(torch, name)
+
+
+def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> HybridPipeline:
+    """Load the pair the arguments name, on `device` in `dtype`.
+
+    The commands call it through `divdistill.cli.generate.build_pipeline` (and trace through its own), the
+    names tests replace.
+    """
+    from divdistill.pipeline import HybridPipeline
+
+    if args.preset:
+        return HybridPipeline.from_preset(
+            args.preset, torch_dtype=dtype, device=device, cache_dir=args.cache_dir, num_inference_steps=args.steps
+        )
+    return HybridPipeline.from_pretrained(
+        args.base,
+        args.distilled,
+        distilled_unet=args.distilled_unet,
+        scheduler=args.scheduler,
+        torch_dtype=dtype,
+        device=device,
+        cache_dir=args.cache_dir,
+    )
