@@ -128,9 +128,9 @@ def sample(
         for t in stage.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
             output = denoiser(model_input, t)
-            output = convert_prediction(
-                output, denoiser.prediction_type, target_type, model_input, alpha_prod_at(scheduler, t)
-            )
+            if denoiser.prediction_type != target_type:  # e.g. an epsilon base on a v-prediction student's schedule
+                alpha_prod = alpha_prod_at(scheduler, t)
+                output = convert_prediction(output, denoiser.prediction_type, target_type, model_input, alpha_prod)
             result = scheduler.step(output, t, latents, **extra, return_dict=True)
             record = StepRecord(len(records), stage.model, float(t), denoiser.guidance_scale, denoiser.nfe)
             records.append(record)
