@@ -191,8 +191,7 @@ class HybridPipeline:
         plan = self._segments(settings, segments, skip_first_steps)
         device = self.device
         stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device)
-        guidance = self._guidance(plan, settings)
-        conditioning = self._encode(prompts, negatives, num_images_per_prompt, stages_spec, guidance, height, width)
+        conditioning = self._encode(prompts, negatives, num_images_per_prompt, stages_spec, height, width)
         dtype = next(iter(conditioning.values())).hidden_states.dtype
         stages = []
         for model, scheduler, stage_timesteps, scale in stages_spec:
@@ -330,7 +329,7 @@ class HybridPipeline:
             scheduler.set_begin_index(0)
         return scheduler, scheduler.timesteps[:-1]
 
-    def _encode(self, prompts, negatives, num_images_per_prompt, stages_spec, guidance, height, width):
+    def _encode(self, prompts, negatives, num_images_per_prompt, stages_spec, height, width):
         """Conditioning per model; encoded once when both models share their text encoders."""
         needs_negative: dict[str, bool] = {}
         for model, _, _, scale in stages_spec:
@@ -362,13 +361,8 @@ class HybridPipeline:
             latents = latents.to(device=device, dtype=dtype)
         if skip == 0:
             return latents * scheduler.init_noise_sigma
-        factor = vp_factor(fresh_scheduler_copy(scheduler), first.timesteps[0], latents)
+        factor = vp_factor(copy.deepcopy(scheduler), first.timesteps[0], latents)  # probe a copy: no state change
         return (latents * factor).to(dtype)
-
-
-def fresh_scheduler_copy(scheduler: Any) -> Any:
-    """A deep copy, so probing a scheduler does not advance the one the run uses."""
-    return copy.deepcopy(scheduler)
 
 
 def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from divdistill.cli.common import positive_int as _positive_int
+from divdistill.cli.common import positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -25,8 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="divdistill-demo", metavar="DIR", help="output folder (divdistill-demo)")
-    parser.add_argument("--seeds", type=_positive_int, help="seeds per prompt and mode (default 32; quick 4)")
-    parser.add_argument("--prompts", type=_positive_int, help="prompts (default 8; quick 2)")
+    parser.add_argument("--seeds", type=positive_int, help="seeds per prompt and mode (default 32; quick 4)")
+    parser.add_argument("--prompts", type=positive_int, help="prompts (default 8; quick 2)")
     parser.add_argument("--quick", action="store_true", help="a few prompts and seeds: a smoke test in seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: leave torch's)")
     parser.set_defaults(func=run)

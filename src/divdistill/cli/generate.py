@@ -45,6 +45,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from divdistill.adapter_spec import parse_lora_arg
 from divdistill.cli import CLIError
 from divdistill.cli.common import (
     add_command,
@@ -71,20 +72,6 @@ MODES = ("hybrid", "base", "distilled", "reverse")  # as divdistill.schedule.MOD
 
 
 # ----------------------------------------------------------------------------------------------- arguments
-_positive_int = positive_int  # the name `divdistill demo` imports from here
-
-
-def _lora(text: str) -> tuple[str, float]:
-    """FILE[:SCALE] (as divdistill.control.apply.parse_lora_arg, which imports torch)."""
-    path, sep, tail = text.rpartition(":")
-    if sep and path:
-        try:
-            return path, float(tail)
-        except ValueError:
-            pass
-    return text, 1.0
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = add_command(
         subparsers,
@@ -116,7 +103,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_sampling_arguments(sampling)
 
     adapters = parser.add_argument_group("adapters: LoRA / Concept Slider files (see divdistill.control)")
-    adapters.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
+    adapters.add_argument("--lora", action="append", type=parse_lora_arg, metavar="FILE[:SCALE]",
                           help="apply an adapter at SCALE (default 1, may be negative); repeatable")  # fmt: skip
     adapters.add_argument("--lora-on", choices=("base", "distilled", "both"), help="models the adapters go on (both)")
     adapters.add_argument("--lora-start", type=float, metavar="T", help="adapters off while the timestep is above T")

@@ -10,7 +10,8 @@ Modules: `formats` (read, resolve and write LoRA files), `apply` (adapters on a 
 (`divdistill slider train`), `evaluate` (`divdistill control eval`).
 """
 
-from divdistill.control.apply import AdaptedPipeline, AppliedAdapter, apply_adapters, parse_lora_arg
+from divdistill.adapter_spec import parse_lora_arg
+from divdistill.control.apply import AdaptedPipeline, AppliedAdapter, apply_adapters
 from divdistill.control.formats import (
     FORMATS,
     AdapterFormatError,

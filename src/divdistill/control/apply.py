@@ -52,17 +52,6 @@ def models_for(on: str) -> tuple[str, ...]:
     return MODELS if on == "both" else (on,)
 
 
-def parse_lora_arg(text: str) -> tuple[str, float]:
-    """'FILE' -> (FILE, 1.0); 'FILE:-1.5' -> (FILE, -1.5). A colon followed by no number belongs to the path."""
-    path, sep, tail = text.rpartition(":")
-    if sep and path:
-        try:
-            return path, float(tail)
-        except ValueError:
-            pass
-    return text, 1.0
-
-
 def file_digest(path: str | Path) -> str:
     """sha256 of a file, or of a folder's files (name and content, sorted), to tell adapters apart on resume."""
     path = Path(path)
