@@ -12,8 +12,10 @@ class Conditioning:
     """Everything a denoising network needs besides the latent and the timestep, for one batch.
 
     `hidden_states` / `added` hold the prompt branch; `negative_*` the unconditional branch used by
-    classifier-free guidance (None when no model in the run guides). `added` is the dict passed as the UNet's
-    `added_cond_kwargs` (SDXL's pooled text embeddings and size ids); None for families without it.
+    classifier-free guidance (None when no model in the run guides). `added` holds the batched extra inputs
+    of the family's network (SDXL's pooled text embeddings and size ids, SD3's and FLUX's pooled projections,
+    PixArt's attention mask); None for families without them. `extra` holds unbatched inputs (FLUX's text
+    position ids), shared by both branches.
     """
 
     hidden_states: torch.Tensor
@@ -30,7 +32,7 @@ class Conditioning:
     def has_negative(self) -> bool:
         return self.negative_hidden_states is not None
 
-    def unet_inputs(self, guided: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def network_inputs(self, guided: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """Hidden states and added kwargs for one network call; `guided` stacks [negative, positive]."""
         if not guided:
             return self.hidden_states, self.added

@@ -20,6 +20,7 @@ class SamplingDefaults:
     base_schedule: str = "shared"
     height: int | None = None
     width: int | None = None
+    max_sequence_length: int | None = None  # T5 prompt length (PixArt, SD3, FLUX); None = the pipeline's default
 
     def updated(self, **overrides: Any) -> SamplingDefaults:
         """A copy with the non-None overrides applied."""

@@ -8,8 +8,6 @@ first calls. Other variants are segment schedules (see `divdistill.schedule`).
 
 from __future__ import annotations
 
-import copy
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -20,10 +18,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from divdistill.defaults import SamplingDefaults
-from divdistill.denoiser import GuidedDenoiser, runs_cfg
+from divdistill.denoiser import GuidedDenoiser
 from divdistill.families import PairMismatchError, family_of
 from divdistill.outputs import HybridPipelineOutput
-from divdistill.sampling import Stage, StepCallback, sample, vp_factor
+from divdistill.sampling import Stage, StepCallback, sample
 from divdistill.schedule import Segment, parse_segments, plan_segments, validate_segments
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -32,24 +30,6 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 def fresh_scheduler(scheduler: Any) -> Any:
     """A new scheduler with the same config: schedulers keep per-run state that two models must not share."""
     return type(scheduler).from_config(scheduler.config)
-
-
-def set_schedule(scheduler: Any, num_inference_steps: int | None, timesteps: Sequence[int] | None, device):
-    """`set_timesteps` with either a step count or an explicit list (as diffusers' retrieve_timesteps)."""
-    if timesteps is not None:
-        try:
-            scheduler.set_timesteps(timesteps=list(timesteps), device=device)
-        except TypeError as error:
-            raise ValueError(
-                f"{type(scheduler).__name__} does not accept explicit timesteps; pass num_inference_steps instead."
-            ) from error
-    else:
-        scheduler.set_timesteps(num_inference_steps, device=device)
-    return scheduler.timesteps
-
-
-def accepts_custom_timesteps(scheduler: Any) -> bool:
-    return "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
 
 
 class HybridPipeline:
@@ -190,8 +170,12 @@ class HybridPipeline:
 
         plan = self._segments(settings, segments, skip_first_steps)
         device = self.device
-        stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device)
-        conditioning = self._encode(prompts, negatives, num_images_per_prompt, stages_spec, height, width)
+        batch = len(prompts) * num_images_per_prompt
+        shape = self.family.latent_shape(self.distilled, batch, height, width)
+        stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape)
+        conditioning = self._encode(
+            prompts, negatives, num_images_per_prompt, stages_spec, height, width, settings.max_sequence_length
+        )
         dtype = next(iter(conditioning.values())).hidden_states.dtype
         stages = []
         for model, scheduler, stage_timesteps, scale in stages_spec:
@@ -201,17 +185,16 @@ class HybridPipeline:
                 network=self.family.network(pipe),
                 conditioning=conditioning[model],
                 guidance_scale=scale,
-                prediction_type=pipe.scheduler.config.prediction_type,
+                prediction_type=self.family.prediction_type(pipe),
                 dtype=dtype,
+                family=self.family,
                 cross_attention_kwargs=cross_attention_kwargs,
             )
             if denoiser_hooks and model in denoiser_hooks:
                 denoiser = denoiser_hooks[model](denoiser)
-            stages.append(Stage(model, denoiser, scheduler, stage_timesteps))
+            stages.append(Stage(model, denoiser, scheduler, stage_timesteps, self.family.convention))
 
-        batch = len(prompts) * num_images_per_prompt
         first = stages[0]
-        shape = self.family.latent_shape(self.pipeline_for(first.model), batch, height, width)
         latents = self._initial_latents(shape, first, skip_first_steps, generator, latents, dtype, device)
 
         total = sum(len(s.timesteps) for s in stages)
@@ -276,26 +259,34 @@ class HybridPipeline:
         default = {"base": settings.base_guidance_scale, "distilled": settings.guidance_scale}
         return [s.guidance_scale if s.guidance_scale is not None else default[s.model] for s in plan]
 
-    def _schedule_stages(self, plan, settings, timesteps, skip, device):
+    def _schedule_stages(self, plan, settings, timesteps, skip, device, shape):
         """(model, scheduler, timesteps, guidance) per segment; no network runs here."""
         guidance = self._guidance(plan, settings)
         if len(plan) == 1 and plan[0].own_schedule and plan[0].model == "base":
             scheduler = fresh_scheduler(self.base.scheduler)
-            own = set_schedule(scheduler, plan[0].steps, None, device)
+            own = self.family.set_schedule(self.base, scheduler, plan[0].steps, None, device, shape)
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(0)
             return [("base", scheduler, own, guidance[0])]
 
         shared = fresh_scheduler(self.distilled.scheduler)
-        full = set_schedule(shared, settings.num_inference_steps, timesteps, device)
+        full = self.family.set_schedule(self.distilled, shared, settings.num_inference_steps, timesteps, device, shape)
         if hasattr(shared, "set_begin_index"):
             shared.set_begin_index(skip)
         remaining = full[skip:]
         stages, cursor = [], 0
         for segment, scale in zip(plan, guidance):
             if segment.own_schedule:
-                handoff_t = remaining[segment.steps] if segment.steps < len(remaining) else None
-                scheduler, own = self._own_schedule_until(handoff_t, settings.base_num_inference_steps, device)
+                scheduler = fresh_scheduler(self.base.scheduler)
+                own = self.family.set_schedule(
+                    self.base, scheduler, settings.base_num_inference_steps, None, device, shape
+                )
+                if segment.steps < len(remaining):  # cut the base's schedule at the hand-off noise level
+                    scheduler, own = self.family.convention.schedule_until(
+                        scheduler, shared, skip + segment.steps, device
+                    )
+                elif hasattr(scheduler, "set_begin_index"):
+                    scheduler.set_begin_index(0)
                 stages.append((segment.model, scheduler, own, scale))
                 if hasattr(shared, "set_begin_index"):
                     shared.set_begin_index(skip + segment.steps)
@@ -304,65 +295,33 @@ class HybridPipeline:
             cursor += segment.steps
         return stages
 
-    def _own_schedule_until(self, handoff_t, steps: int, device):
-        """The base's own `steps`-step schedule, cut so its last step lands exactly on `handoff_t`.
-
-        Schedulers that cannot take explicit timesteps (DDIM, PNDM) are replaced by Euler on the same training
-        schedule, which is the same deterministic ODE step in the sigma parameterisation.
-        """
-        scheduler = fresh_scheduler(self.base.scheduler)
-        own = set_schedule(scheduler, steps, None, device)
-        if handoff_t is None:
-            return scheduler, own
-        kept = [int(t) for t in own if t > handoff_t] + [int(handoff_t)]
-        if len(kept) == 1:
-            raise ValueError(
-                f"The base's own {steps}-step schedule has no step above the hand-off timestep {int(handoff_t)}; "
-                "raise base_num_inference_steps or base_steps."
-            )
-        if not accepts_custom_timesteps(scheduler):
-            from diffusers import EulerDiscreteScheduler
-
-            scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
-        set_schedule(scheduler, None, kept, device)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
-        return scheduler, scheduler.timesteps[:-1]
-
-    def _encode(self, prompts, negatives, num_images_per_prompt, stages_spec, height, width):
+    def _encode(self, prompts, negatives, num_images_per_prompt, stages_spec, height, width, max_length):
         """Conditioning per model; encoded once when both models share their text encoders."""
         needs_negative: dict[str, bool] = {}
         for model, _, _, scale in stages_spec:
             network = self.family.network(self.pipeline_for(model))
-            needs_negative[model] = needs_negative.get(model, False) or runs_cfg(network, scale)
+            needs_negative[model] = needs_negative.get(model, False) or self.family.runs_cfg(network, scale)
         device = self.device
-        args = (num_images_per_prompt,)
+
+        def encode(pipe, negative: bool):
+            return self.family.encode(
+                pipe, prompts, negatives, num_images_per_prompt, negative, height, width, device, max_length
+            )
+
         if self.family.shares_text_encoders(self.base, self.distilled):
-            source = self.base if "base" in needs_negative else self.distilled
-            encoded = self.family.encode(
-                source, prompts, negatives, *args, any(needs_negative.values()), height, width, device
-            )
+            encoded = encode(self.base if "base" in needs_negative else self.distilled, any(needs_negative.values()))
             return dict.fromkeys(needs_negative, encoded)
-        return {
-            model: self.family.encode(
-                self.pipeline_for(model), prompts, negatives, *args, negative, height, width, device
-            )
-            for model, negative in needs_negative.items()
-        }
+        return {model: encode(self.pipeline_for(model), negative) for model, negative in needs_negative.items()}
 
     def _initial_latents(self, shape, first: Stage, skip: int, generator, latents, dtype, device):
         """x_T as diffusers draws it; with skipped steps, pure noise scaled to the first timestep's convention."""
-        scheduler = first.scheduler
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
             if tuple(latents.shape) != tuple(shape):
                 raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
             latents = latents.to(device=device, dtype=dtype)
-        if skip == 0:
-            return latents * scheduler.init_noise_sigma
-        factor = vp_factor(copy.deepcopy(scheduler), first.timesteps[0], latents)  # probe a copy: no state change
-        return (latents * factor).to(dtype)
+        return first.convention.initial_latents(first.scheduler, latents, first.timesteps[0], skipped=skip > 0)
 
 
 def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:

@@ -14,18 +14,20 @@ from typing import Any
 
 import torch
 
+from divdistill.conventions import LatentConvention
 from divdistill.denoiser import GuidedDenoiser
-from divdistill.prediction import convert_prediction, to_x0_and_eps
 
 
 @dataclass
 class Stage:
-    """`denoiser` runs `timesteps` on `scheduler` (already set up with `set_timesteps`)."""
+    """`denoiser` runs `timesteps` on `scheduler` (already set up with `set_timesteps`), whose latents follow
+    `convention` (variance-preserving or flow; see `divdistill.conventions`)."""
 
     model: str
     denoiser: GuidedDenoiser
     scheduler: Any
     timesteps: torch.Tensor
+    convention: LatentConvention
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class StepInfo:
     guidance_scale: float
     nfe: int
     sample: torch.Tensor  # x_t, in the scheduler's latent convention, before the step
-    model_input: torch.Tensor  # x_t in the variance-preserving convention the network saw
+    model_input: torch.Tensor  # x_t as the network saw it (VP-scaled for Euler-family schedulers)
     x0: torch.Tensor  # predicted clean latent
     prev_sample: torch.Tensor  # the latent after the step
 
@@ -77,38 +79,6 @@ def step_kwargs(scheduler: Any, generator: Any, eta: float = 0.0) -> dict[str, A
     return kwargs
 
 
-def alpha_prod_at(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
-    """Cumulative alpha of the scheduler's training schedule at (the nearest integer) timestep t."""
-    index = int(torch.as_tensor(t).round().clamp(0, len(scheduler.alphas_cumprod) - 1).item())
-    return scheduler.alphas_cumprod[index]
-
-
-def vp_factor(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """c such that a latent in this scheduler's convention at t equals c times the VP latent.
-
-    Every UNet scheduler's `scale_model_input` maps its latent to the network's VP input, so its inverse
-    scale is the convention factor (1 for DDIM/LCM, sqrt(sigma^2 + 1) for the Euler family).
-    """
-    ones = torch.ones((1,) * like.ndim, device=like.device, dtype=torch.float32)
-    return 1.0 / scheduler.scale_model_input(ones, t)
-
-
-def handoff(latents: torch.Tensor, source: Any, source_t: torch.Tensor, target: Any, target_t: torch.Tensor):
-    """Move a latent at one timestep from `source`'s convention into `target`'s (the hand-off pitfall)."""
-    vp = source.scale_model_input(latents, source_t)
-    return (vp * vp_factor(target, target_t, latents)).to(latents.dtype)
-
-
-def predicted_x0(result: Any, output: torch.Tensor, prediction_type: str, model_input, scheduler, t):
-    """x0-hat as the scheduler computed it, or from the network output when the scheduler does not say."""
-    for name in ("denoised", "pred_original_sample"):
-        value = getattr(result, name, None)
-        if value is not None:
-            return value
-    x0, _ = to_x0_and_eps(output, prediction_type, model_input, alpha_prod_at(scheduler, t))
-    return x0.to(output.dtype)
-
-
 def sample(
     latents: torch.Tensor,
     stages: Sequence[Stage],
@@ -120,22 +90,21 @@ def sample(
     records: list[StepRecord] = []
     previous: Stage | None = None
     for stage in stages:
-        scheduler, denoiser = stage.scheduler, stage.denoiser
+        scheduler, denoiser, convention = stage.scheduler, stage.denoiser, stage.convention
         if previous is not None and previous.scheduler is not scheduler:
-            latents = handoff(latents, previous.scheduler, stage.timesteps[0], scheduler, stage.timesteps[0])
+            latents = convention.handoff(latents, previous.scheduler, scheduler, stage.timesteps[0])
         extra = step_kwargs(scheduler, generator)
-        target_type = scheduler.config.prediction_type
         for t in stage.timesteps:
-            model_input = scheduler.scale_model_input(latents, t)
-            output = denoiser(model_input, t)
-            if denoiser.prediction_type != target_type:  # e.g. an epsilon base on a v-prediction student's schedule
-                alpha_prod = alpha_prod_at(scheduler, t)
-                output = convert_prediction(output, denoiser.prediction_type, target_type, model_input, alpha_prod)
+            model_input = convention.model_input(scheduler, latents, t)
+            raw = denoiser(model_input, t)
+            # e.g. an epsilon base on a v-prediction student's schedule; the output itself when types agree
+            output = convention.prediction_for(scheduler, raw, denoiser.prediction_type, model_input, t)
             result = scheduler.step(output, t, latents, **extra, return_dict=True)
             record = StepRecord(len(records), stage.model, float(t), denoiser.guidance_scale, denoiser.nfe)
             records.append(record)
             if callback is not None:
-                x0 = predicted_x0(result, output, target_type, model_input, scheduler, t)
+                target_type = getattr(scheduler.config, "prediction_type", None) or denoiser.prediction_type
+                x0 = convention.x0(result, output, target_type, model_input, scheduler, t)
                 callback(
                     StepInfo(
                         **record.to_dict(),

@@ -242,14 +242,17 @@ def call_kwargs(args: argparse.Namespace, spec: ModeSpec) -> dict[str, Any]:
 
 def distilled_timesteps(pipe: Any, args: argparse.Namespace) -> list[float]:
     """The distilled schedule's timesteps for these arguments (what `hybrid:K` splits)."""
-    from divdistill.pipeline import fresh_scheduler, set_schedule
+    from divdistill.pipeline import fresh_scheduler
 
     settings = pipe.defaults.updated(num_inference_steps=args.steps)
     timesteps = args.timesteps
     if timesteps is None and settings.timesteps and len(settings.timesteps) == settings.num_inference_steps:
         timesteps = list(settings.timesteps)
     steps = len(timesteps) if timesteps is not None else settings.num_inference_steps
-    schedule = set_schedule(fresh_scheduler(pipe.distilled.scheduler), steps, timesteps, "cpu")
+    size = pipe.family.default_size(pipe.distilled)
+    shape = pipe.family.latent_shape(pipe.distilled, 1, settings.height or size, settings.width or size)
+    scheduler = fresh_scheduler(pipe.distilled.scheduler)
+    schedule = pipe.family.set_schedule(pipe.distilled, scheduler, steps, timesteps, "cpu", shape)
     return [float(t) for t in schedule]
 
 

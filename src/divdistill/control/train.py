@@ -30,9 +30,10 @@ import torch
 
 from divdistill.conditioning import Conditioning
 from divdistill.control.formats import LoraLayer, save_lora
+from divdistill.conventions import alpha_prod_at
 from divdistill.denoiser import GuidedDenoiser
 from divdistill.prediction import to_x0_and_eps
-from divdistill.sampling import Stage, alpha_prod_at, sample
+from divdistill.sampling import Stage, sample
 
 ADAPTER = "slider"
 TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full")
@@ -247,6 +248,7 @@ class SliderTrainer:
             guidance_scale=guidance,
             prediction_type=self.scheduler.config.prediction_type,
             dtype=self.dtype,
+            family=self.family,
         )
 
     def _eps(self, denoiser: GuidedDenoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -267,7 +269,7 @@ class SliderTrainer:
         timesteps = self.scheduler.timesteps
         with torch.no_grad():
             guided = self._denoiser(self.target, self.denoise_guidance)
-            stage = Stage(self.config.on, guided, self.scheduler, timesteps[:k])
+            stage = Stage(self.config.on, guided, self.scheduler, timesteps[:k], self.family.convention)
             x_t, _ = sample(noise, [stage])
             t = timesteps[k]
             self.unet.disable_adapters()

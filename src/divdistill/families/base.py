@@ -2,22 +2,57 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from divdistill.conditioning import Conditioning
+from divdistill.conventions import VP, LatentConvention
 
 
 class PairMismatchError(ValueError):
     """Raised before sampling when a base and a distilled pipeline cannot share latents or prompts."""
 
 
+@dataclass(frozen=True)
+class NetworkInputs:
+    """Everything one network call needs besides the latent and the timestep, built once per run.
+
+    `hidden_states` / `added` are already stacked [negative, positive] when the call runs classifier-free
+    guidance; `extra` holds unbatched tensors (FLUX's text position ids); `guidance` the family's guidance
+    embedding inputs (LCM's `timestep_cond`, FLUX's `guidance`), empty when guidance is not embedded.
+    """
+
+    hidden_states: torch.Tensor
+    added: dict[str, torch.Tensor] | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    guidance: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention_kwargs: dict[str, Any] | None = None
+
+
 class Family(ABC):
-    """Adapter between one kind of diffusers pipeline and the family-agnostic sampler."""
+    """Adapter between one kind of diffusers pipeline and the family-agnostic sampler.
+
+    A family owns everything that differs between pipelines: prompt encoding, the network's call signature,
+    its parameterisation (`convention`, `prediction_type`), guidance style (classifier-free, embedded, none),
+    the schedule set-up and decoding. The sampler and the hybrid pipeline only call these methods.
+    """
 
     name: str
+    convention: LatentConvention = VP
+    #: Component names of the text side; a pair shares prompts when all of them are the same objects.
+    text_components: tuple[str, ...] = (
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+        "tokenizer",
+        "tokenizer_2",
+        "tokenizer_3",
+    )
 
     @abstractmethod
     def matches(self, pipe: Any) -> bool:
@@ -34,6 +69,7 @@ class Family(ABC):
         height: int,
         width: int,
         device: torch.device,
+        max_sequence_length: int | None = None,
     ) -> Conditioning:
         """Encode prompts with the pipeline's own encoders (so embeddings equal the pipeline's)."""
 
@@ -45,9 +81,52 @@ class Family(ABC):
     def decode(self, pipe: Any, latents: torch.Tensor, output_type: str) -> Any:
         """Turn final latents into images the way the pipeline itself does."""
 
+    @abstractmethod
+    def forward(self, network: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, inputs: NetworkInputs):
+        """One call of the denoising network, returning its raw prediction in the latent's layout."""
+
+    # ------------------------------------------------------------------------------------- guidance style
+    def embeds_guidance(self, network: torch.nn.Module) -> bool:
+        """Guidance-distilled networks take the scale as an input instead of running two branches."""
+        return getattr(network.config, "time_cond_proj_dim", None) is not None
+
+    def runs_cfg(self, network: torch.nn.Module, guidance_scale: float) -> bool:
+        """Whether a network at this guidance scale needs the unconditional branch (diffusers' rule)."""
+        return guidance_scale > 1.0 and not self.embeds_guidance(network)
+
+    def guidance_inputs(self, network, guidance_scale: float, batch_size: int, device, dtype) -> dict[str, Any]:
+        """Network inputs that carry an embedded guidance scale (empty for CFG / unguided networks)."""
+        return {}
+
+    # ------------------------------------------------------------------------------------- parameterisation
+    def prediction_type(self, pipe: Any) -> str:
+        """What the pipeline's network predicts (its scheduler's prediction type for VP families)."""
+        return pipe.scheduler.config.prediction_type
+
+    def set_schedule(
+        self,
+        pipe: Any,
+        scheduler: Any,
+        num_inference_steps: int | None,
+        timesteps: Sequence[int] | None,
+        device: torch.device,
+        latent_shape: tuple[int, ...],
+    ) -> torch.Tensor:
+        """`set_timesteps` as the pipeline does it, with a step count or an explicit timestep list."""
+        if timesteps is not None:
+            if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+                raise ValueError(
+                    f"{type(scheduler).__name__} does not accept explicit timesteps; pass num_inference_steps."
+                )
+            scheduler.set_timesteps(timesteps=list(timesteps), device=device)
+        else:
+            scheduler.set_timesteps(num_inference_steps, device=device)
+        return scheduler.timesteps
+
+    # ------------------------------------------------------------------------------------- components
     def shares_text_encoders(self, base: Any, distilled: Any) -> bool:
         """True when both pipelines hold the very same text encoders and tokenizers (encode once)."""
-        names = [n for n in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") if hasattr(base, n)]
+        names = [n for n in self.text_components if hasattr(base, n)]
         return all(getattr(base, n, None) is getattr(distilled, n, None) for n in names)
 
     def latent_shape(self, pipe: Any, batch_size: int, height: int, width: int) -> tuple[int, ...]:
@@ -64,3 +143,21 @@ class Family(ABC):
     def default_size(self, pipe: Any) -> int:
         """Native resolution in pixels."""
         return self.network(pipe).config.sample_size * pipe.vae_scale_factor
+
+
+def config_problems(kind: str, base: Any, distilled: Any, keys: Sequence[str]) -> list[str]:
+    """Config keys on which two modules of a pair disagree, phrased for an error message."""
+    problems = []
+    for key in keys:
+        a, b = base.config.get(key), distilled.config.get(key)
+        if a != b:
+            problems.append(f"{kind} {key} differs (base {a}, distilled {b})")
+    return problems
+
+
+def vae_problems(base: Any, distilled: Any) -> list[str]:
+    """Two VAEs can share latents when they agree on the latent space's shape and scaling."""
+    if base.vae is distilled.vae:
+        return []
+    keys = ("latent_channels", "scaling_factor", "shift_factor", "latents_mean", "latents_std")
+    return config_problems("VAE", base.vae, distilled.vae, keys)

@@ -11,27 +11,19 @@ from typing import Any
 import torch
 
 from divdistill.conditioning import Conditioning
-from divdistill.families.base import Family
+from divdistill.families.base import Family, NetworkInputs, config_problems, vae_problems
 
 
-def _vae_problems(base: Any, distilled: Any) -> list[str]:
-    if base.vae is distilled.vae:
-        return []
-    problems = []
-    for key in ("latent_channels", "scaling_factor", "shift_factor", "latents_mean", "latents_std"):
-        a, b = base.vae.config.get(key), distilled.vae.config.get(key)
-        if a != b:
-            problems.append(f"VAE {key} differs (base {a}, distilled {b})")
-    return problems
-
-
-def _unet_problems(base: Any, distilled: Any, keys: tuple[str, ...]) -> list[str]:
-    problems = []
-    for key in keys:
-        a, b = base.unet.config.get(key), distilled.unet.config.get(key)
-        if a != b:
-            problems.append(f"UNet {key} differs (base {a}, distilled {b})")
-    return problems
+def guidance_embedding(scale: float, batch_size: int, dim: int, device, dtype) -> torch.Tensor:
+    """The sinusoidal w-embedding LCM-style networks take as `timestep_cond` (w = guidance_scale - 1)."""
+    w = torch.full((batch_size,), float(scale) - 1.0) * 1000.0
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    emb = w[:, None].float() * freqs[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb.to(device=device, dtype=dtype)
 
 
 def _decode_vae(pipe: Any, latents: torch.Tensor, output_type: str, upcast_fp16: bool) -> Any:
@@ -59,7 +51,28 @@ def _decode_vae(pipe: Any, latents: torch.Tensor, output_type: str, upcast_fp16:
     return pipe.image_processor.postprocess(image, output_type=output_type)
 
 
-class SDFamily(Family):
+class UNetFamily(Family):
+    """What SD and SDXL share: a UNet2DConditionModel called the way diffusers' pipelines call it."""
+
+    def guidance_inputs(self, network, guidance_scale, batch_size, device, dtype):
+        if not self.embeds_guidance(network):
+            return {}
+        dim = network.config.time_cond_proj_dim
+        return {"timestep_cond": guidance_embedding(guidance_scale, batch_size, dim, device, dtype)}
+
+    def forward(self, network, x, t, inputs: NetworkInputs):
+        return network(
+            x,
+            t,
+            encoder_hidden_states=inputs.hidden_states,
+            timestep_cond=inputs.guidance.get("timestep_cond"),
+            cross_attention_kwargs=inputs.attention_kwargs,
+            added_cond_kwargs=inputs.added,
+            return_dict=False,
+        )[0]
+
+
+class SDFamily(UNetFamily):
     """Stable Diffusion 1.x / 2.x: one CLIP text encoder, UNet without added conditioning."""
 
     name = "sd"
@@ -72,7 +85,18 @@ class SDFamily(Family):
             and getattr(pipe.unet.config, "addition_embed_type", None) is None
         )
 
-    def encode(self, pipe, prompt, negative_prompt, num_images_per_prompt, with_negative, height, width, device):
+    def encode(
+        self,
+        pipe,
+        prompt,
+        negative_prompt,
+        num_images_per_prompt,
+        with_negative,
+        height,
+        width,
+        device,
+        max_sequence_length=None,
+    ):
         positive, negative = pipe.encode_prompt(
             prompt,
             device,
@@ -83,15 +107,14 @@ class SDFamily(Family):
         return Conditioning(hidden_states=positive, negative_hidden_states=negative if with_negative else None)
 
     def pair_problems(self, base, distilled):
-        return _unet_problems(base, distilled, ("in_channels", "out_channels", "cross_attention_dim")) + (
-            _vae_problems(base, distilled)
-        )
+        keys = ("in_channels", "out_channels", "cross_attention_dim")
+        return config_problems("UNet", base.unet, distilled.unet, keys) + vae_problems(base, distilled)
 
     def decode(self, pipe, latents, output_type):
         return _decode_vae(pipe, latents, output_type, upcast_fp16=False)
 
 
-class SDXLFamily(Family):
+class SDXLFamily(UNetFamily):
     """SDXL: two CLIP text encoders, pooled text embedding and size/crop ids as added conditioning."""
 
     name = "sdxl"
@@ -99,7 +122,18 @@ class SDXLFamily(Family):
     def matches(self, pipe: Any) -> bool:
         return hasattr(pipe, "unet") and getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
 
-    def encode(self, pipe, prompt, negative_prompt, num_images_per_prompt, with_negative, height, width, device):
+    def encode(
+        self,
+        pipe,
+        prompt,
+        negative_prompt,
+        num_images_per_prompt,
+        with_negative,
+        height,
+        width,
+        device,
+        max_sequence_length=None,
+    ):
         positive, negative, pooled, negative_pooled = pipe.encode_prompt(
             prompt=prompt,
             device=device,
@@ -132,7 +166,7 @@ class SDXLFamily(Family):
             "addition_embed_type",
             "projection_class_embeddings_input_dim",
         )
-        return _unet_problems(base, distilled, keys) + _vae_problems(base, distilled)
+        return config_problems("UNet", base.unet, distilled.unet, keys) + vae_problems(base, distilled)
 
     def decode(self, pipe, latents, output_type):
         return _decode_vae(pipe, latents, output_type, upcast_fp16=True)
