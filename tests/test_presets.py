@@ -19,6 +19,10 @@ EXPECTED = {
     "sdxl-turbo": ("EulerAncestralDiscreteScheduler", [999.0, 749.0, 499.0, 249.0], 512),
     "sdxl-lcm": ("LCMScheduler", [999.0, 759.0, 499.0, 259.0], 1024),
     "sd21-turbo": ("EulerAncestralDiscreteScheduler", [999.0, 749.0, 499.0, 249.0], 512),
+    "pixart-delta": ("LCMScheduler", [999.0, 759.0, 499.0, 259.0], 1024),
+    # SD3.5 Turbo: the scheduler's own 4-step grid at shift 3 (diffusers shifts sigma_min twice; as published)
+    "sd35-turbo": ("FlowMatchEulerDiscreteScheduler", [1000.0, 857.7, 602.2, 8.9], 1024),
+    "flux-schnell": ("FlowMatchEulerDiscreteScheduler", [1000.0, 750.0, 500.0, 250.0], 1024),
 }
 
 
@@ -35,12 +39,40 @@ def test_preset_loads_offline_with_published_settings(name: str, offline_hub) ->
     assert pipe.defaults.height == resolution
     assert pipe.distilled.text_encoder is pipe.base.text_encoder and pipe.distilled.vae is pipe.base.vae
     out = pipe("a cat", height=64, width=64, generator=torch.Generator().manual_seed(0), output_type="latent")
-    assert [s.timestep for s in out.steps] == timesteps
+    assert [s.timestep for s in out.steps] == pytest.approx(timesteps, abs=0.05)
     expected_models = ["distilled"] * len(timesteps)
     if pipe.defaults.mode == "hybrid":
         expected_models[0] = "base"
     assert [s.model for s in out.steps] == expected_models
     assert torch.isfinite(out.images).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "base_repo", "distilled_repo"),
+    [
+        ("pixart-delta", "PixArt-alpha/PixArt-XL-2-1024-MS", "PixArt-alpha/PixArt-LCM-XL-2-1024-MS"),
+        ("sd35-turbo", "stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-large-turbo"),
+        ("flux-schnell", "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
+    ],
+)
+def test_transformer_presets_take_the_distilled_repos_transformer_and_scheduler(
+    name: str, base_repo: str, distilled_repo: str, offline_hub
+) -> None:
+    from diffusers import DiffusionPipeline
+
+    pipe = HybridPipeline.from_preset(name, cache_dir=str(offline_hub))
+    published = DiffusionPipeline.from_pretrained(distilled_repo, cache_dir=str(offline_hub))
+    ours, theirs = pipe.distilled.transformer.state_dict(), published.transformer.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert pipe.distilled.scheduler.config == published.scheduler.config
+    assert type(pipe.base).__name__ == type(published).__name__
+    assert pipe.distilled.text_encoder is pipe.base.text_encoder  # one T5 / CLIP set for both models
+    base_published = DiffusionPipeline.from_pretrained(base_repo, cache_dir=str(offline_hub))
+    assert pipe.base.scheduler.config == base_published.scheduler.config
+    # load_pair with the two full repos shares the base's encoders too, and gives the same distilled model
+    pair = load_pair(base_repo, distilled_repo, cache_dir=str(offline_hub))
+    assert pair.distilled.text_encoder is pair.base.text_encoder and pair.distilled.vae is pair.base.vae
+    assert all(torch.equal(pair.distilled.transformer.state_dict()[k], theirs[k]) for k in theirs)
 
 
 def test_raw_unet_file_is_the_published_state_dict(offline_hub) -> None:

@@ -50,10 +50,26 @@ def make_scheduler(name: str, base_config: Any, overrides: dict[str, Any] | None
     return cls.from_config(base_config, **{**defaults, **(overrides or {})})
 
 
-def _pipeline_class(family: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+#: diffusers pipeline and denoising-network classes per family.
+FAMILY_CLASSES: dict[str, tuple[str, str]] = {
+    "sdxl": ("StableDiffusionXLPipeline", "UNet2DConditionModel"),
+    "sd": ("StableDiffusionPipeline", "UNet2DConditionModel"),
+    "pixart": ("PixArtAlphaPipeline", "PixArtTransformer2DModel"),
+    "sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel"),
+    "flux": ("FluxPipeline", "FluxTransformer2DModel"),
+}
 
-    return {"sdxl": StableDiffusionXLPipeline, "sd": StableDiffusionPipeline}[family]
+
+def _family_classes(family: str):
+    import diffusers
+
+    pipeline_name, network_name = FAMILY_CLASSES[family]
+    return getattr(diffusers, pipeline_name), getattr(diffusers, network_name)
+
+
+def network_component(family: str) -> str:
+    """The pipeline attribute holding the denoising network ("unet" or "transformer")."""
+    return "unet" if FAMILY_CLASSES[family][1].startswith("UNet") else "transformer"
 
 
 def _from_pretrained(loader, repo: str, what: str, **kwargs: Any):
@@ -122,10 +138,9 @@ def unet_from_state_dict(config: Any, state: dict[str, torch.Tensor], source: st
     return unet.eval()
 
 
-def load_distilled_unet(preset: Preset, base: Any, num_inference_steps: int | None, cache_dir, torch_dtype):
-    """The preset's distilled UNet, from a raw file, a subfolder or a repo root."""
-    from diffusers import UNet2DConditionModel
-
+def load_distilled_network(preset: Preset, base: Any, num_inference_steps: int | None, cache_dir, torch_dtype):
+    """The preset's distilled UNet or transformer, from a raw file, a subfolder or a repo root."""
+    _, network_class = _family_classes(preset.family)
     filename = preset.unet_file(num_inference_steps)
     if filename is not None:
         path = resolve_file(preset.distilled_repo, filename, cache_dir)
@@ -133,9 +148,23 @@ def load_distilled_unet(preset: Preset, base: Any, num_inference_steps: int | No
         dtype = torch_dtype or base.unet.dtype
         return unet_from_state_dict(base.unet.config, state, f"{preset.distilled_repo}/{filename}", dtype)
     kwargs: dict[str, Any] = {"cache_dir": cache_dir, "torch_dtype": torch_dtype}
-    if preset.unet_subfolder:
-        kwargs["subfolder"] = preset.unet_subfolder
-    return _from_pretrained(UNet2DConditionModel.from_pretrained, preset.distilled_repo, "distilled UNet", **kwargs)
+    if preset.network_subfolder:
+        kwargs["subfolder"] = preset.network_subfolder
+    what = f"distilled {network_component(preset.family)}"
+    return _from_pretrained(network_class.from_pretrained, preset.distilled_repo, what, **kwargs)
+
+
+def load_repo_scheduler(repo: str, cache_dir: str | None) -> Any:
+    """The scheduler a pipeline repo publishes (`scheduler/scheduler_config.json`), by its own class name."""
+    import json
+
+    import diffusers
+
+    config = json.loads(resolve_file(repo, "scheduler/scheduler_config.json", cache_dir).read_text())
+    cls = getattr(diffusers, config.get("_class_name", ""), None)
+    if cls is None:
+        raise ValueError(f"{repo} publishes a scheduler diffusers does not know: {config.get('_class_name')!r}.")
+    return cls.from_config(config)
 
 
 def load_preset(
@@ -149,14 +178,18 @@ def load_preset(
 ) -> HybridPipeline:
     """HybridPipeline for a named preset; `overrides` replace sampling defaults (e.g. base_guidance_scale=0)."""
     preset = get_preset(name)
-    pipeline_class = _pipeline_class(preset.family)
+    pipeline_class, _ = _family_classes(preset.family)
     base_kwargs: dict[str, Any] = {"cache_dir": cache_dir, "torch_dtype": torch_dtype}
     if variant:
         base_kwargs["variant"] = variant
     base = _from_pretrained(pipeline_class.from_pretrained, preset.base_repo, "base pipeline", **base_kwargs)
-    unet = load_distilled_unet(preset, base, num_inference_steps, cache_dir, torch_dtype)
-    scheduler = make_scheduler(preset.scheduler, base.scheduler.config, preset.scheduler_overrides)
-    distilled = pipeline_class(**{**base.components, "unet": unet, "scheduler": scheduler})
+    network = load_distilled_network(preset, base, num_inference_steps, cache_dir, torch_dtype)
+    if preset.scheduler == "repo":
+        scheduler = load_repo_scheduler(preset.distilled_repo, cache_dir)
+    else:
+        scheduler = make_scheduler(preset.scheduler, base.scheduler.config, preset.scheduler_overrides)
+    components = {**base.components, network_component(preset.family): network, "scheduler": scheduler}
+    distilled = pipeline_class(**components)
     defaults = preset.defaults.updated(num_inference_steps=num_inference_steps, **overrides)
     pipe = HybridPipeline(base, distilled, defaults=defaults, name=name)
     if device is not None:
@@ -173,20 +206,24 @@ def load_pair(
     device: str | torch.device | None = None,
     cache_dir: str | None = None,
     defaults: SamplingDefaults | None = None,
+    share_encoders: bool = True,
 ) -> HybridPipeline:
     """Any pair from paths or repo ids.
 
-    `distilled` is a full pipeline (its own components are used), a UNet repo/folder (root or `unet/`
-    subfolder; the base's encoders and VAE are shared), or, with `distilled_unet`, the repo/folder holding a raw
-    UNet state-dict file for the base UNet config. `scheduler` (see SCHEDULERS) replaces the distilled
-    pipeline's scheduler; without one, a UNet-only distilled model gets LCM.
+    `distilled` is a full pipeline, a network repo/folder (UNet or transformer, at the root or in its
+    `unet/` / `transformer/` subfolder; the base's encoders and VAE are used), or, with `distilled_unet`, the
+    repo/folder holding a raw UNet state-dict file for the base UNet config. A full distilled pipeline gets
+    the base's text encoders, tokenizers and VAE when `share_encoders` (distilled models are trained with
+    them frozen; this loads a T5-XXL once and encodes prompts once). `scheduler` (see SCHEDULERS) replaces
+    the distilled pipeline's scheduler; without one, a UNet-only distilled model gets LCM.
     """
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from diffusers import DiffusionPipeline
 
     base_pipe = _from_pretrained(
         DiffusionPipeline.from_pretrained, base, "base pipeline", cache_dir=cache_dir, torch_dtype=torch_dtype
     )
     pipeline_class = type(base_pipe)
+    component = "transformer" if getattr(base_pipe, "transformer", None) is not None else "unet"
     if distilled_unet is not None:
         path = resolve_file(distilled, distilled_unet, cache_dir)
         unet = unet_from_state_dict(
@@ -194,25 +231,32 @@ def load_pair(
         )
         distilled_pipe = pipeline_class(**{**base_pipe.components, "unet": unet})
     elif _is_pipeline(distilled, cache_dir):
+        shared = {}
+        if share_encoders:
+            names = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+            shared = {n: getattr(base_pipe, n) for n in (*names, "vae") if getattr(base_pipe, n, None) is not None}
         distilled_pipe = _from_pretrained(
             DiffusionPipeline.from_pretrained,
             distilled,
             "distilled pipeline",
             cache_dir=cache_dir,
             torch_dtype=torch_dtype,
+            **shared,
         )
     else:
-        subfolder = "unet" if _has_unet_subfolder(distilled, cache_dir) else None
-        unet = _from_pretrained(
-            UNet2DConditionModel.from_pretrained,
+        network_class = type(getattr(base_pipe, component))
+        subfolder = component if _exists(distilled, f"{component}/config.json", cache_dir) else None
+        network = _from_pretrained(
+            network_class.from_pretrained,
             distilled,
-            "distilled UNet",
+            f"distilled {component}",
             cache_dir=cache_dir,
             torch_dtype=torch_dtype,
             subfolder=subfolder,
         )
-        distilled_pipe = pipeline_class(**{**base_pipe.components, "unet": unet})
-        scheduler = scheduler or "lcm"
+        distilled_pipe = pipeline_class(**{**base_pipe.components, component: network})
+        if component == "unet":
+            scheduler = scheduler or "lcm"
     if scheduler is not None:
         distilled_pipe.scheduler = make_scheduler(scheduler, base_pipe.scheduler.config)
     pipe = HybridPipeline(base_pipe, distilled_pipe, defaults=defaults or SamplingDefaults())
@@ -233,7 +277,3 @@ def _exists(repo_or_dir: str, filename: str, cache_dir: str | None) -> bool:
 
 def _is_pipeline(repo_or_dir: str, cache_dir: str | None) -> bool:
     return _exists(repo_or_dir, "model_index.json", cache_dir)
-
-
-def _has_unet_subfolder(repo_or_dir: str, cache_dir: str | None) -> bool:
-    return _exists(repo_or_dir, "unet/config.json", cache_dir)

@@ -2,7 +2,9 @@
 
 Data only: repo ids, weight files, scheduler, timesteps, resolution and guidance. `divdistill.loading` turns a
 preset into a HybridPipeline. Sources: the model cards of DMD2 (tianweiy/DMD2), SDXL-Lightning
-(ByteDance/SDXL-Lightning), SDXL-Turbo and SD-Turbo (stabilityai), LCM-SDXL (latent-consistency/lcm-sdxl).
+(ByteDance/SDXL-Lightning), SDXL-Turbo and SD-Turbo (stabilityai), LCM-SDXL (latent-consistency/lcm-sdxl),
+PixArt-alpha and PixArt-LCM (PixArt-alpha), Stable Diffusion 3.5 Large and Large Turbo (stabilityai),
+FLUX.1-dev and FLUX.1-schnell (black-forest-labs), and the scheduler configs those repos publish.
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ from divdistill.defaults import SamplingDefaults
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+PIXART_ALPHA = "PixArt-alpha/PixArt-XL-2-1024-MS"
+SD35_LARGE = "stabilityai/stable-diffusion-3.5-large"
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 
 
 @dataclass(frozen=True)
 class Preset:
     """A base/distilled pair.
 
-    The distilled UNet comes from `distilled_repo` as one of: a raw state-dict file for the base UNet config
-    (`unet_files`, keyed by step count when the authors publish one file per step count), a `unet_subfolder`
-    of a full pipeline repo, or a UNet saved at the repo root (`unet_subfolder=None`, no files). Text encoders,
-    tokenizers and VAE are always the base's (the distilled models were trained with them frozen), so prompts
-    are encoded once per call.
+    The distilled network (UNet or transformer) comes from `distilled_repo` as one of: a raw state-dict file
+    for the base UNet config (`unet_files`, keyed by step count when the authors publish one file per step
+    count), a `network_subfolder` of a full pipeline repo ("unet", "transformer"), or a UNet saved at the repo
+    root (`network_subfolder=None`, no files). Text encoders, tokenizers and VAE are always the base's (the
+    distilled models were trained with them frozen), so prompts are encoded once per call and a T5-XXL is
+    loaded once. `scheduler` is a short name of `divdistill.loading.SCHEDULERS` built on the base's training
+    schedule, or "repo" for the scheduler config the distilled repo publishes.
     """
 
     name: str
@@ -35,7 +42,7 @@ class Preset:
     scheduler: str
     defaults: SamplingDefaults
     unet_files: dict[int, str] = field(default_factory=dict)
-    unet_subfolder: str | None = None
+    network_subfolder: str | None = None
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 
@@ -131,7 +138,7 @@ PRESETS: dict[str, Preset] = {
             description="SDXL-base + SDXL-Turbo (ADD; 512 px, 1-4 steps)",
             base_repo=SDXL_BASE,
             distilled_repo="stabilityai/sdxl-turbo",
-            unet_subfolder="unet",
+            network_subfolder="unet",
             scheduler="euler_a",
             scheduler_overrides={"timestep_spacing": "trailing"},
             defaults=SamplingDefaults(
@@ -144,7 +151,7 @@ PRESETS: dict[str, Preset] = {
             description="SDXL-base + LCM-SDXL (guidance as a w-embedding)",
             base_repo=SDXL_BASE,
             distilled_repo="latent-consistency/lcm-sdxl",
-            unet_subfolder=None,
+            network_subfolder=None,
             scheduler="lcm",
             defaults=SamplingDefaults(
                 num_inference_steps=4, guidance_scale=8.0, base_guidance_scale=5.0, height=1024, width=1024
@@ -156,11 +163,71 @@ PRESETS: dict[str, Preset] = {
             description="SD 2.1-base + SD-Turbo (the paper's appendix pair; 512 px)",
             base_repo=SD21_BASE,
             distilled_repo="stabilityai/sd-turbo",
-            unet_subfolder="unet",
+            network_subfolder="unet",
             scheduler="euler_a",
             scheduler_overrides={"timestep_spacing": "trailing"},
             defaults=SamplingDefaults(
                 num_inference_steps=4, guidance_scale=0.0, base_guidance_scale=7.5, height=512, width=512
+            ),
+        ),
+        Preset(
+            name="pixart-delta",
+            family="pixart",
+            description="PixArt-alpha + PixArt-delta (PixArt-LCM, 4 steps; the paper's DiT pair, 1024 px)",
+            base_repo=PIXART_ALPHA,
+            distilled_repo="PixArt-alpha/PixArt-LCM-XL-2-1024-MS",
+            network_subfolder="transformer",
+            scheduler="repo",
+            defaults=SamplingDefaults(
+                num_inference_steps=4,
+                guidance_scale=0.0,
+                base_guidance_scale=4.5,
+                base_num_inference_steps=20,
+                height=1024,
+                width=1024,
+                max_sequence_length=120,
+            ),
+            notes="The LCM scheduler's 4-step timesteps are 999, 759, 499, 259; the base runs DPM-Solver++ alone.",
+        ),
+        Preset(
+            name="sd35-turbo",
+            family="sd3",
+            description="Stable Diffusion 3.5 Large + 3.5 Large Turbo (flow matching, shift 3, 4 steps)",
+            base_repo=SD35_LARGE,
+            distilled_repo="stabilityai/stable-diffusion-3.5-large-turbo",
+            network_subfolder="transformer",
+            scheduler="repo",
+            defaults=SamplingDefaults(
+                num_inference_steps=4,
+                guidance_scale=0.0,
+                base_guidance_scale=3.5,
+                base_num_inference_steps=28,
+                height=1024,
+                width=1024,
+                max_sequence_length=256,
+            ),
+            notes="Gated repos: accept the license on the Hub and `huggingface-cli login` first.",
+        ),
+        Preset(
+            name="flux-schnell",
+            family="flux",
+            description="FLUX.1-dev (guidance-distilled) + FLUX.1-schnell (timestep-distilled, 4 steps)",
+            base_repo=FLUX_DEV,
+            distilled_repo="black-forest-labs/FLUX.1-schnell",
+            network_subfolder="transformer",
+            scheduler="repo",
+            defaults=SamplingDefaults(
+                num_inference_steps=4,
+                guidance_scale=0.0,
+                base_guidance_scale=3.5,
+                base_num_inference_steps=50,
+                height=1024,
+                width=1024,
+                max_sequence_length=256,
+            ),
+            notes=(
+                "FLUX.1-dev is gated (accept its license, `huggingface-cli login`). Its guidance is an input "
+                "embedding, so a base step costs one network call; schnell takes prompts of up to 256 tokens."
             ),
         ),
     ]

@@ -36,7 +36,7 @@ PRESET_FIELDS: dict[str, Any] = {
     "name": "pocket",
     "family": "sd",
     "description": "the pocket pair: 32 px shapes world, base + 4-step DMD student (ships with divdistill; CPU)",
-    "unet_subfolder": "unet",
+    "network_subfolder": "unet",
     "scheduler": "lcm",
     "defaults": POCKET_DEFAULTS,
 }

@@ -68,6 +68,12 @@ SDXL_TURBO = "stabilityai/sdxl-turbo"
 LCM_SDXL = "latent-consistency/lcm-sdxl"
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
 SD_TURBO = "stabilityai/sd-turbo"
+PIXART_ALPHA = "PixArt-alpha/PixArt-XL-2-1024-MS"
+PIXART_LCM = "PixArt-alpha/PixArt-LCM-XL-2-1024-MS"
+SD35_LARGE = "stabilityai/stable-diffusion-3.5-large"
+SD35_TURBO = "stabilityai/stable-diffusion-3.5-large-turbo"
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 
 #: Every repo :func:`build_offline_hub` writes, with what it holds.
 HUB_REPOS: dict[str, str] = {
@@ -78,6 +84,12 @@ HUB_REPOS: dict[str, str] = {
     LCM_SDXL: "UNet at the repo root with time_cond_proj_dim=256",
     SD21_BASE: "full StableDiffusionPipeline (DDIM, leading)",
     SD_TURBO: "full StableDiffusionPipeline, perturbed UNet, EulerAncestral trailing",
+    PIXART_ALPHA: "full PixArtAlphaPipeline (DPM-Solver++ as published)",
+    PIXART_LCM: "full PixArtAlphaPipeline, perturbed transformer, LCMScheduler as published",
+    SD35_LARGE: "full StableDiffusion3Pipeline (FlowMatchEuler, shift 3)",
+    SD35_TURBO: "full StableDiffusion3Pipeline, perturbed transformer",
+    FLUX_DEV: "full FluxPipeline, guidance-embedding transformer, resolution-dependent shift",
+    FLUX_SCHNELL: "full FluxPipeline, transformer without guidance embedding, no shift",
 }
 
 DMD2_FILES = ("dmd2_sdxl_4step_unet_fp16.bin", "dmd2_sdxl_1step_unet_fp16.bin")
@@ -195,7 +207,7 @@ def _save_pipeline(pipe: Any, snapshot: Path, fp16_variants: bool) -> None:
         folder = snapshot / name
         if component is None or not folder.is_dir():
             continue
-        if "Tokenizer" in type(component).__name__:
+        if type(component).__name__.startswith("CLIPTokenizer"):
             # The real repos ship vocab.json + merges.txt (+ configs) rather than tokenizer.json.
             shutil.rmtree(folder)
             write_tokenizer_files(folder)
@@ -312,4 +324,40 @@ def _write_all_repos(cache_dir: Path, seed: int, fp16_variants: bool) -> dict[st
     }
     _save_pipeline(StableDiffusionPipeline(**sd_turbo), snap, fp16_variants)
 
+    _write_transformer_repos(cache_dir, seed, fp16_variants, snapshots)
     return snapshots
+
+
+def _write_transformer_repos(cache_dir: Path, seed: int, fp16_variants: bool, snapshots: dict[str, Path]) -> None:
+    """PixArt, SD3.5 and FLUX pairs: full pipeline repos, the distilled ones with their own transformer and
+    scheduler and the base's encoders and VAE (as the real repos hold the same weights)."""
+    from diffusers import FluxPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline
+
+    from divdistill.testing.tiny_dit import (
+        perturbed,
+        tiny_flux_components,
+        tiny_flux_transformer,
+        tiny_pixart_components,
+        tiny_sd3_components,
+    )
+
+    def write(repo: str, cls: Any, components: dict[str, Any]) -> None:
+        snapshots[repo] = repo_snapshot_dir(cache_dir, repo)
+        _save_pipeline(cls(**components), snapshots[repo], fp16_variants)
+
+    pixart = tiny_pixart_components(seed)
+    write(PIXART_ALPHA, PixArtAlphaPipeline, pixart)
+    lcm_scheduler = tiny_pixart_components(seed, lcm=True)["scheduler"]
+    lcm_transformer = perturbed(pixart["transformer"], _derived_seed(seed, f"{PIXART_LCM}/transformer"))
+    write(PIXART_LCM, PixArtAlphaPipeline, {**pixart, "transformer": lcm_transformer, "scheduler": lcm_scheduler})
+
+    sd3 = tiny_sd3_components(seed)
+    write(SD35_LARGE, StableDiffusion3Pipeline, sd3)
+    turbo_transformer = perturbed(sd3["transformer"], _derived_seed(seed, f"{SD35_TURBO}/transformer"))
+    write(SD35_TURBO, StableDiffusion3Pipeline, {**sd3, "transformer": turbo_transformer})
+
+    flux = tiny_flux_components(seed)
+    write(FLUX_DEV, FluxPipeline, flux)
+    schnell = tiny_flux_components(seed, schnell=True)
+    schnell_transformer = tiny_flux_transformer(_derived_seed(seed, f"{FLUX_SCHNELL}/transformer"), False)
+    write(FLUX_SCHNELL, FluxPipeline, {**flux, "transformer": schnell_transformer, "scheduler": schnell["scheduler"]})
