@@ -46,8 +46,14 @@ def pixart_pair() -> DitPair:
         "scheduler": lcm["scheduler"],
     }
     defaults = SamplingDefaults(num_inference_steps=4, guidance_scale=0.0, base_guidance_scale=4.5, height=64, width=64)
-    return _pair("pixart", PixArtAlphaPipeline, base_components, distilled_components, defaults,
-                 {"use_resolution_binning": False, "clean_caption": False})
+    return _pair(
+        "pixart",
+        PixArtAlphaPipeline,
+        base_components,
+        distilled_components,
+        defaults,
+        {"use_resolution_binning": False, "clean_caption": False},
+    )
 
 
 def sd3_pair() -> DitPair:

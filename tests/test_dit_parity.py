@@ -139,13 +139,17 @@ def test_flow_own_schedule_hands_off_exactly_at_the_distilled_noise_level(family
     assert len(distilled_steps) == 3 and len(base_steps) > 1
     # The distilled model starts at its own second noise level, and the base's last step landed on it.
     shared = pipe.family.set_schedule(
-        pipe.distilled, type(pair.distilled.scheduler).from_config(pair.distilled.scheduler.config), 4, None, "cpu",
+        pipe.distilled,
+        type(pair.distilled.scheduler).from_config(pair.distilled.scheduler.config),
+        4,
+        None,
+        "cpu",
         (1, 4, 32, 32),
     )
     assert distilled_steps[0].timestep == pytest.approx(float(shared[1]))
     assert all(s.timestep > distilled_steps[0].timestep for s in base_steps)
     last_base = [x for x in seen if x[0] == "base"][-1]
-    first_distilled = [x for x in seen if x[0] == "distilled"][0]
+    first_distilled = next(x for x in seen if x[0] == "distilled")
     assert torch.equal(last_base[3], first_distilled[2])  # flow latents need no conversion at the hand-off
 
 
