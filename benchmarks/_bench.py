@@ -37,8 +37,9 @@ def seeded(seed: int, device: str | torch.device = "cpu"):
 
 
 class UNetMeter:
-    """Forward hooks on the UNets: how many sample rows went through them (NFE x images) and the seconds spent
-    inside them. Counting rows (not calls) makes a CFG call (batch 2 per image) count 2 NFE.
+    """Forward hooks on the denoising networks (UNets, or diffusion transformers such as FLUX's, which are
+    called with `hidden_states=` as a keyword): how many sample rows went through them (NFE x images) and the
+    seconds spent inside them. Counting rows (not calls) makes a CFG call (batch 2 per image) count 2 NFE.
 
     On CUDA the time inside comes from CUDA events recorded by the hooks (no synchronisation inside the run, so
     measuring does not change what is measured); read `seconds` after the device has been synchronised.
@@ -56,7 +57,7 @@ class UNetMeter:
             self._handles.append(unet.register_forward_hook(self._post))
 
     def _pre(self, module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs["sample"] if "sample" in kwargs else kwargs["hidden_states"]
         self.rows += int(sample.shape[0])
         if self.cuda:
             start = torch.cuda.Event(enable_timing=True)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from divdistill.defaults import SamplingDefaults
 from divdistill.denoiser import GuidedDenoiser
 from divdistill.families import PairMismatchError, family_of
+from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
 from divdistill.sampling import Stage, StepCallback, sample
 from divdistill.schedule import Segment, parse_segments, plan_segments, validate_segments
@@ -62,6 +63,7 @@ class HybridPipeline:
         self.defaults = defaults or SamplingDefaults()
         self.name = name
         self.progress_bar_config: dict[str, Any] = {}
+        self.offload: SequentialOffload | None = None
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -80,15 +82,49 @@ class HybridPipeline:
 
     # ----------------------------------------------------------------------------------------------- devices
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> HybridPipeline:
+        """Move both pipelines (this ends model CPU offload)."""
+        self.offload = None
         for pipe in self.pipelines():
             pipe.to(device=device, dtype=dtype)
         return self
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> HybridPipeline:
+        """Keep only the running part on `device`: text encoders, then the base network for its steps, then
+        the distilled network, then the VAE; everything else waits on the CPU (see `divdistill.offload`).
+
+        Peak accelerator memory becomes that of the largest part instead of the whole pair, at the cost of
+        moving each network in once per call.
+        """
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        text = [getattr(pipe, n, None) for pipe in self.pipelines() for n in names]
+        self.offload = SequentialOffload(
+            torch.device(device),
+            {
+                "text": text,
+                "base": [self.family.network(self.base)],
+                "distilled": [self.family.network(self.distilled)],
+                "vae": [pipe.vae for pipe in self.pipelines()],
+            },
+        )
+        return self
+
+    def _activate(self, part: str) -> None:
+        if self.offload is not None:
+            self.offload.activate(part)
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "pil") -> Any:
+        """Decode final (or x0-hat) latents with the distilled pipeline's VAE, as its diffusers pipeline does."""
+        self._activate("vae")
+        return self.family.decode(self.distilled, latents, output_type)
 
     def pipelines(self) -> list[Any]:
         return [self.base] if self.base is self.distilled else [self.base, self.distilled]
 
     @property
     def device(self) -> torch.device:
+        """Where sampling runs (the accelerator under model CPU offload)."""
+        if self.offload is not None:
+            return self.offload.device
         return self.family.network(self.distilled).device
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -173,6 +209,7 @@ class HybridPipeline:
         batch = len(prompts) * num_images_per_prompt
         shape = self.family.latent_shape(self.distilled, batch, height, width)
         stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape)
+        self._activate("text")
         conditioning = self._encode(
             prompts, negatives, num_images_per_prompt, stages_spec, height, width, settings.max_sequence_length
         )
@@ -205,10 +242,21 @@ class HybridPipeline:
             recorder = TrajectoryRecorder()
             callback = chain_callbacks(callback, recorder)
         with tqdm(total=total, **{"desc": "sampling", "leave": False, **self.progress_bar_config}) as progress:
-            latents, records = sample(latents, stages, generator=generator, callback=callback, progress=progress)
+            latents, records = sample(
+                latents,
+                stages,
+                generator=generator,
+                callback=callback,
+                progress=progress,
+                before_stage=lambda stage: self._activate(stage.model),
+            )
 
         last_pipe = self.pipeline_for(stages[-1].model)
-        images = latents if output_type == "latent" else self.family.decode(last_pipe, latents, output_type)
+        if output_type == "latent":
+            images = latents
+        else:
+            self._activate("vae")
+            images = self.family.decode(last_pipe, latents, output_type)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         output = HybridPipelineOutput(

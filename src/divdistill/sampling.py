@@ -85,12 +85,18 @@ def sample(
     generator: Any = None,
     callback: StepCallback | None = None,
     progress: Any = None,
+    before_stage: Callable[[Stage], None] | None = None,
 ) -> tuple[torch.Tensor, list[StepRecord]]:
-    """Run the stages in order from `latents`; return the final latent and the per-step record."""
+    """Run the stages in order from `latents`; return the final latent and the per-step record.
+
+    `before_stage` runs before each stage's first step (model CPU offload moves the stage's network in there).
+    """
     records: list[StepRecord] = []
     previous: Stage | None = None
     for stage in stages:
         scheduler, denoiser, convention = stage.scheduler, stage.denoiser, stage.convention
+        if before_stage is not None:
+            before_stage(stage)
         if previous is not None and previous.scheduler is not scheduler:
             latents = convention.handoff(latents, previous.scheduler, scheduler, stage.timesteps[0])
         extra = step_kwargs(scheduler, generator)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from divdistill.control import peft_ops
 from divdistill.control.formats import (
     AdapterMismatchError,
     LoraFile,
@@ -105,14 +106,14 @@ def inject(unet: torch.nn.Module, layers: dict[str, LoraLayer], name: str) -> No
     # caller's RNG state as it was. And it warns whenever a second adapter joins a model; that is the point here.
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        unet.load_lora_adapter(peft_state_dict(layers), prefix=None, adapter_name=name, metadata=peft_config(layers))
+        peft_ops.load_adapter(unet, peft_state_dict(layers), peft_config(layers), name)
     missing = []
     for path in layers:
         module = unet.get_submodule(path)
         if not isinstance(module, BaseTunerLayer) or name not in getattr(module, "lora_A", {}):
             missing.append(path)
     if missing:  # a guard: resolve() checked the layers, so PEFT must have taken all of them
-        unet.delete_adapters(name)
+        peft_ops.delete(unet, name)
         raise RuntimeError(f"PEFT did not take {len(missing)} LoRA layers of {name!r}: {', '.join(missing[:10])}")
 
 
@@ -120,10 +121,9 @@ def activate(unet: torch.nn.Module, adapters: Iterable[AppliedAdapter]) -> None:
     """Make exactly `adapters` active on `unet` with their scales (none: PEFT layers disabled, the bare model)."""
     adapters = list(adapters)
     if adapters:
-        unet.set_adapters([a.name for a in adapters], [float(a.scale) for a in adapters])
-        unet.enable_adapters()
+        peft_ops.set_active(unet, [a.name for a in adapters], [float(a.scale) for a in adapters])
     else:
-        unet.disable_adapters()
+        peft_ops.disable(unet)
 
 
 class GatedDenoiser:
@@ -205,7 +205,9 @@ class AdaptedPipeline:
         family = getattr(self.pipe.family, "name", None)
         resolved: dict[str, tuple[dict[str, LoraLayer], MatchReport]] = {}
         for model in models:
-            layers, report = resolve(lora, self.unet(model), target=f"{model} UNet ({family})", family=family)
+            network = self.unet(model)
+            kind = "UNet" if "UNet" in type(network).__name__ else "transformer"
+            layers, report = resolve(lora, network, target=f"{model} {kind} ({family})", family=family)
             if not layers or (strict and not report.complete):
                 raise AdapterMismatchError(lora.describe(), report)
             if not report.complete:
@@ -307,9 +309,7 @@ class AdaptedPipeline:
 
     @staticmethod
     def _delete(unet: torch.nn.Module, name: str) -> None:
-        unet.delete_adapters(name)
-        if not getattr(unet, "peft_config", None):
-            unet.unload_lora()  # no adapter left: take the PEFT wrappers out, the bare model again
+        peft_ops.delete(unet, name)  # with no adapter left, the bare model again
 
 
 def apply_adapters(pipe: Any, specs: Iterable[dict[str, Any]], strict: bool = True) -> AdaptedPipeline:

@@ -1,4 +1,4 @@
-"""LoRA and Concept Slider files: read them, resolve their layers against a UNet, write them.
+"""LoRA and Concept Slider files: read them, resolve their layers against a UNet or transformer, write them.
 
 Formats (`detect_format`):
 
@@ -10,6 +10,12 @@ Formats (`detect_format`):
                       Sliders / LECO files (`.pt` or `.safetensors`, linear and conv layers) and kohya SD 1.x LoRAs
     kohya-sgm         the same keys with the original (sgm/LDM) UNet's names (`lora_unet_input_blocks_4_1_...`),
                       kohya-ss SDXL LoRAs
+    kohya (FLUX)      `lora_unet_double_blocks_0_img_attn_qkv...` / `lora_unet_single_blocks_...` (Black Forest
+                      Labs' module names, fused qkv) or `lora_transformer_<diffusers path>`: converted with the
+                      tensors by diffusers' own FLUX converter (`FluxPipeline.lora_state_dict`), which splits the
+                      fused projections and folds alpha / rank into the factors
+
+Transformer families (PixArt, SD3, FLUX) take the same PEFT / diffusers files with a `transformer.` prefix.
 
 Which converter resolves what: PEFT and diffusers keys name modules directly. Legacy keys go through diffusers'
 `convert_unet_state_dict_to_peft`. Kohya keys (both kinds) go through diffusers' own kohya converter
@@ -39,8 +45,12 @@ import torch
 
 FORMATS = ("diffusers", "peft", "diffusers-legacy", "kohya", "kohya-sgm")
 KOHYA_UNET = "lora_unet_"
-KOHYA_TEXT = ("lora_te_", "lora_te1_", "lora_te2_")
-TEXT_PREFIXES = ("text_encoder.", "text_encoder_2.")
+KOHYA_NETWORK = (KOHYA_UNET, "lora_transformer_")
+KOHYA_TEXT = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
+TEXT_PREFIXES = ("text_encoder.", "text_encoder_2.", "text_encoder_3.")
+NETWORK_PREFIXES = ("unet.", "transformer.")
+#: Families whose kohya files name modules of the original code base, converted (with the tensors) by diffusers.
+KOHYA_CONVERTERS = {"flux": "FluxPipeline"}
 PEFT_PREFIX = "base_model.model."
 SGM_NAMES = ("input_blocks", "middle_block", "output_blocks")
 LYCORIS_MARKERS = ("hada_w", "lokr_w", ".oft_", "lora_mid")
@@ -240,7 +250,7 @@ def detect_format(state_dict: dict[str, Any]) -> str:
         raise AdapterFormatError(
             f"LyCORIS (LoHa / LoKr / OFT) adapters are not supported; e.g. {', '.join(lycoris[:3])}"
         )
-    if any(k.startswith((KOHYA_UNET, *KOHYA_TEXT)) for k in keys):
+    if any(k.startswith((*KOHYA_NETWORK, *KOHYA_TEXT)) for k in keys):
         unet = [k for k in keys if k.startswith(KOHYA_UNET)]
         return "kohya-sgm" if any(name in k for k in unet for name in SGM_NAMES) else "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in keys):
@@ -453,7 +463,8 @@ def _diffusers_kohya_paths(groups: dict[str, dict[str, str]], unet_config: Any, 
 
 def _kohya_candidates(state_dict, unet: torch.nn.Module, targets: dict, report: MatchReport) -> list[_Candidate]:
     groups = _kohya_groups(state_dict, report)
-    by_diffusers = _diffusers_kohya_paths(groups, unet.config, report)
+    unet_family = hasattr(unet.config, "block_out_channels") and hasattr(unet.config, "cross_attention_dim")
+    by_diffusers = _diffusers_kohya_paths(groups, unet.config, report) if unet_family else {}
     underscored: dict[str, str | None] = {}
     for path in targets:
         flat = path.replace(".", "_")
@@ -461,7 +472,8 @@ def _kohya_candidates(state_dict, unet: torch.nn.Module, targets: dict, report: 
     out = []
     for name, parts in groups.items():
         guess = by_diffusers.get(name)
-        own = underscored.get(name[len(KOHYA_UNET) :])
+        prefix = next((p for p in KOHYA_NETWORK if name.startswith(p)), KOHYA_UNET)
+        own = underscored.get(name[len(prefix) :])
         label = name
         if guess in targets and (own is None or own == guess):
             path, converter = guess, "diffusers"
@@ -476,6 +488,30 @@ def _kohya_candidates(state_dict, unet: torch.nn.Module, targets: dict, report: 
     return out
 
 
+def _converted_kohya_candidates(state_dict, family: str, report: MatchReport) -> list[_Candidate]:
+    """Layers of a kohya file in a family whose converter rewrites tensors (FLUX: fused qkv split in three)."""
+    import diffusers
+
+    loader = getattr(diffusers, KOHYA_CONVERTERS[family])
+    try:
+        with _quiet_diffusers():
+            converted, alphas = loader.lora_state_dict(dict(state_dict), return_alphas=True)
+    except Exception as error:  # e.g. block indices or widths the real model does not have
+        report.notes.append(f"diffusers' {family} kohya converter rejected this file: {type(error).__name__}: {error}")
+        groups = _kohya_groups(state_dict, report)
+        return [_Candidate(None, torch.zeros(0), torch.zeros(0), None, (), "none", name) for name in groups]
+    network, text = {}, []
+    for key, value in {**converted, **(alphas or {})}.items():
+        if key.startswith(TEXT_PREFIXES):
+            text.append(key)
+        else:
+            network[key.removeprefix("transformer.")] = value
+    if text:
+        report.unsupported.append(f"{len(text)} text-encoder tensors (e.g. {text[0]}; divdistill applies "
+                                  "the denoising network's LoRA layers only)")  # fmt: skip
+    return _peft_candidates(network, None, report, converter="diffusers")
+
+
 def split_text_encoder(lora: LoraFile) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(UNet part of the state dict with prefixes removed, text-encoder keys)."""
     unet: dict[str, torch.Tensor] = {}
@@ -486,7 +522,8 @@ def split_text_encoder(lora: LoraFile) -> tuple[dict[str, torch.Tensor], list[st
         elif lora.format == "peft":
             unet[key.removeprefix(PEFT_PREFIX)] = value
         elif lora.format in ("diffusers", "diffusers-legacy"):
-            unet[key.removeprefix("unet.")] = value
+            prefix = next((p for p in NETWORK_PREFIXES if key.startswith(p)), "")
+            unet[key[len(prefix) :]] = value
         else:
             unet[key] = value
     return unet, text
@@ -501,17 +538,20 @@ def resolve(
     trained = lora.info.get("family")
     if family and trained and trained != family:
         report.notes.append(f"the adapter was trained on a {trained} model; the target is a {family} model")
-    state_dict, text = split_text_encoder(lora)
-    if text:
-        report.unsupported.append(f"{len(text)} text-encoder tensors (e.g. {text[0]}; divdistill applies UNet "
-                                  "LoRA layers only)")  # fmt: skip
     targets = lora_targets(unet)
-    if lora.format in ("kohya", "kohya-sgm"):
-        candidates = _kohya_candidates(state_dict, unet, targets, report)
-    elif lora.format == "diffusers-legacy":
-        candidates = _legacy_candidates(state_dict, report)
+    if lora.format == "kohya" and family in KOHYA_CONVERTERS:  # the converter sorts out text-encoder tensors
+        candidates = _converted_kohya_candidates(lora.state_dict, family, report)
     else:
-        candidates = _peft_candidates(state_dict, lora.config, report)
+        state_dict, text = split_text_encoder(lora)
+        if text:
+            report.unsupported.append(f"{len(text)} text-encoder tensors (e.g. {text[0]}; divdistill applies "
+                                      "the denoising network's LoRA layers only)")  # fmt: skip
+        if lora.format in ("kohya", "kohya-sgm"):
+            candidates = _kohya_candidates(state_dict, unet, targets, report)
+        elif lora.format == "diffusers-legacy":
+            candidates = _legacy_candidates(state_dict, report)
+        else:
+            candidates = _peft_candidates(state_dict, lora.config, report)
     report.total = len(candidates)
     layers: dict[str, LoraLayer] = {}
     for candidate in candidates:

@@ -23,11 +23,14 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]
 def pipeline_decoder(pipe: Any) -> Decoder:
     """The VAE decode of a `HybridPipeline` (or a diffusers pipeline), through its family's own decode."""
     from divdistill.families import family_of
+    from divdistill.pipeline import HybridPipeline
 
     target = getattr(pipe, "distilled", pipe)
     family = family_of(target)
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
+        if isinstance(pipe, HybridPipeline):  # places the VAE first under model CPU offload
+            return pipe.decode_latents(latents, "pt")
         return family.decode(target, latents, "pt")
 
     decode.__name__ = f"{family.name}_vae"
