@@ -54,3 +54,22 @@ def test_shared_modules_stay_resident_and_to_ends_offload() -> None:
     pipe = sd3_pair().hybrid().enable_model_cpu_offload("cpu")
     pipe.to("cpu")
     assert pipe.offload is None
+
+
+def test_cli_offload_needs_an_accelerator_and_flow_presets_default_to_bfloat16() -> None:
+    import argparse
+
+    import pytest
+
+    from divdistill.cli import CLIError
+    from divdistill.cli.common import build_pipeline, resolve_dtype
+
+    args = argparse.Namespace(preset="flux-schnell", offload=True, cache_dir=None, steps=None)
+    with pytest.raises(CLIError, match="--offload .* --device cuda"):
+        build_pipeline(args, torch.device("cpu"), torch.float32)
+    cuda = torch.device("cuda")
+    assert resolve_dtype("auto", cuda, preset="flux-schnell") == ("bfloat16", torch.bfloat16)
+    assert resolve_dtype("auto", cuda, preset="sd35-turbo")[0] == "bfloat16"
+    assert resolve_dtype("auto", cuda, preset="sdxl-dmd2")[0] == "float16"
+    assert resolve_dtype("auto", torch.device("cpu"), preset="flux-schnell")[0] == "float32"
+    assert resolve_dtype("float16", cuda, preset="flux-schnell")[0] == "float16"

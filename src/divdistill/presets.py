@@ -45,6 +45,7 @@ class Preset:
     network_subfolder: str | None = None
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    dtype: str = "float16"  # on a GPU; SD3 and FLUX overflow in float16 (T5-XXL, attention), so bfloat16
 
     def unet_file(self, num_inference_steps: int | None) -> str | None:
         """The weight file for a step count (Lightning publishes one per count)."""
@@ -75,6 +76,7 @@ class Preset:
             "base_guidance": d.base_guidance_scale,
             "resolution": d.height,
             "mode": d.mode,
+            "dtype": self.dtype,
             "description": self.description,
         }
 
@@ -195,6 +197,7 @@ PRESETS: dict[str, Preset] = {
             description="Stable Diffusion 3.5 Large + 3.5 Large Turbo (flow matching, shift 3, 4 steps)",
             base_repo=SD35_LARGE,
             distilled_repo="stabilityai/stable-diffusion-3.5-large-turbo",
+            dtype="bfloat16",
             network_subfolder="transformer",
             scheduler="repo",
             defaults=SamplingDefaults(
@@ -214,6 +217,7 @@ PRESETS: dict[str, Preset] = {
             description="FLUX.1-dev (guidance-distilled) + FLUX.1-schnell (timestep-distilled, 4 steps)",
             base_repo=FLUX_DEV,
             distilled_repo="black-forest-labs/FLUX.1-schnell",
+            dtype="bfloat16",
             network_subfolder="transformer",
             scheduler="repo",
             defaults=SamplingDefaults(

@@ -102,9 +102,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, title: str = MODEL_GROU
 
 
 def add_device_arguments(group: Any, default_device: str, auto_dtype: str = "float16") -> None:
-    """--device (help names `default_device`) and --dtype (auto: `auto_dtype` on cuda, float32 elsewhere)."""
+    """--device (help names `default_device`), --dtype (auto: the preset's, else `auto_dtype`, on cuda; float32
+    elsewhere) and --offload."""
     group.add_argument("--device", help=f"torch device (default: {default_device})")
-    group.add_argument("--dtype", choices=DTYPES, default="auto", help=f"weights dtype (auto: {auto_dtype} on cuda)")
+    group.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help=f"weights dtype (auto: on cuda the preset's, bfloat16 for SD3/FLUX, else {auto_dtype}; float32 on cpu)",
+    )
+    group.add_argument(
+        "--offload",
+        action="store_true",
+        help="model CPU offload: only the running network on the device (pairs too large to hold together)",
+    )
 
 
 _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
@@ -162,11 +173,17 @@ def model_request(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("base", "distilled", "distilled_unet", "scheduler")}
 
 
-def resolve_dtype(name: str, device: torch.device, auto: str = "float16") -> tuple[str, torch.dtype]:
-    """--dtype's name and torch dtype: 'auto' is `auto` on cuda, float32 elsewhere."""
+def resolve_dtype(
+    name: str, device: torch.device, auto: str = "float16", preset: str | None = None
+) -> tuple[str, torch.dtype]:
+    """--dtype's name and torch dtype: 'auto' is the preset's dtype (else `auto`) on cuda, float32 elsewhere."""
     import torch
 
     if name == "auto":
+        if preset is not None:
+            from divdistill.presets import PRESETS
+
+            auto = PRESETS[preset].dtype if preset in PRESETS else auto
         name = auto if device.type == "cuda" else "float32"
     return name, getattr(torch, name)
 
@@ -179,16 +196,22 @@ def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
     """
     from divdistill.pipeline import HybridPipeline
 
+    offload = getattr(args, "offload", False)
+    if offload and device.type == "cpu":
+        raise CLIError("--offload moves each network onto an accelerator while it runs; give --device cuda (or mps)")
+    place = None if offload else device
     if args.preset:
-        return HybridPipeline.from_preset(
-            args.preset, torch_dtype=dtype, device=device, cache_dir=args.cache_dir, num_inference_steps=args.steps
+        pipe = HybridPipeline.from_preset(
+            args.preset, torch_dtype=dtype, device=place, cache_dir=args.cache_dir, num_inference_steps=args.steps
         )
-    return HybridPipeline.from_pretrained(
-        args.base,
-        args.distilled,
-        distilled_unet=args.distilled_unet,
-        scheduler=args.scheduler,
-        torch_dtype=dtype,
-        device=device,
-        cache_dir=args.cache_dir,
-    )
+    else:
+        pipe = HybridPipeline.from_pretrained(
+            args.base,
+            args.distilled,
+            distilled_unet=args.distilled_unet,
+            scheduler=args.scheduler,
+            torch_dtype=dtype,
+            device=place,
+            cache_dir=args.cache_dir,
+        )
+    return pipe.enable_model_cpu_offload(device) if offload else pipe

@@ -68,7 +68,7 @@ def load_pair(args: argparse.Namespace, auto_dtype: str = "float16") -> tuple[An
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as error:
         raise CLIError(f"bad --device {args.device!r}: {error}") from None
-    _, dtype = resolve_dtype(args.dtype, device, auto_dtype)
+    _, dtype = resolve_dtype(args.dtype, device, auto_dtype, args.preset)
     if not hasattr(args, "steps"):
         args.steps = None
     pipe = generate.build_pipeline(args, device, dtype)

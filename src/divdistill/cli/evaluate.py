@@ -209,6 +209,8 @@ def generate_argv(args: argparse.Namespace, mode: Any, prompts: Path, out: Path)
     argv += ["--dtype", args.dtype, "--batch-size", str(args.batch_size), "--out", str(out)]
     if args.overwrite:
         argv.append("--overwrite")
+    if args.offload:
+        argv.append("--offload")
     return argv
 
 

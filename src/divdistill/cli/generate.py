@@ -422,7 +422,7 @@ def run_generate(args: argparse.Namespace, build: Any = None) -> int:
 
     state = process_state(args.device)
     device = resolve_device(args.device, state)
-    dtype_name, dtype = resolve_dtype(args.dtype, device)
+    dtype_name, dtype = resolve_dtype(args.dtype, device, preset=args.preset)
     request = request_of(args, dtype_name)
     mine = shard(runs, state.process_index, state.num_processes)
 

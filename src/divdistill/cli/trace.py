@@ -592,7 +592,7 @@ def run_trace(args: argparse.Namespace) -> int:
     jobs = prompt_jobs(args)
     out = Path(args.out)
     device = resolve_device(args.device)
-    dtype_name, dtype = resolve_dtype(args.dtype, device)
+    dtype_name, dtype = resolve_dtype(args.dtype, device, preset=args.preset)
     try:
         distance = get_distance(args.metric, device=device)
     except ImportError as error:
