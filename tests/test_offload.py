@@ -65,7 +65,7 @@ def test_cli_offload_needs_an_accelerator_and_flow_presets_default_to_bfloat16()
     from divdistill.cli.common import build_pipeline, resolve_dtype
 
     args = argparse.Namespace(preset="flux-schnell", offload=True, cache_dir=None, steps=None)
-    with pytest.raises(CLIError, match="--offload .* --device cuda"):
+    with pytest.raises(CLIError, match=r"--offload .* --device cuda"):
         build_pipeline(args, torch.device("cpu"), torch.float32)
     cuda = torch.device("cuda")
     assert resolve_dtype("auto", cuda, preset="flux-schnell") == ("bfloat16", torch.bfloat16)
