@@ -329,24 +329,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny configs (smoke test of the code path)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
-                        help="default: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--size", type=int, default=None, help="height = width in px, multiple of 16 (default 1024; "
-                        "tiny 128)")
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        default=None,
+        help="default: bfloat16 on cuda, float32 on cpu",
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="height = width in px, multiple of 16 (default 1024; tiny 128)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds per phase (default 1)")
-    parser.add_argument("--base-steps", type=int, default=28,
-                        help="FLUX.1-dev's own step count: base-28 and hybrid-own's schedule (default 28)")
+    parser.add_argument(
+        "--base-steps",
+        type=int,
+        default=28,
+        help="FLUX.1-dev's own step count: base-28 and hybrid-own's schedule (default 28)",
+    )
     parser.add_argument("--skip-base", action="store_true", help="leave out the base-alone call")
-    parser.add_argument("--offload-only", action="store_true",
-                        help="only the model-CPU-offload variants (cards under 80 GB: the pair does not fit)")
+    parser.add_argument(
+        "--offload-only",
+        action="store_true",
+        help="only the model-CPU-offload variants (cards under 80 GB: the pair does not fit)",
+    )
     parser.add_argument("--skip-offload", action="store_true", help="leave out the model-CPU-offload variants")
-    parser.add_argument("--max-seconds", type=float, default=None,
-                        help="time budget from the start: the resident rounds stop (after at least 2) at 40%% of "
-                        "it, base-28 runs only if it ends by 50%%, the offload rounds (after at least 1) stop at "
-                        "100%% (default 300; tiny 40)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default 1 with --device cpu: stable on a shared machine)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="time budget from the start: the resident rounds stop (after at least 2) at 40%% of "
+        "it, base-28 runs only if it ends by 50%%, the offload rounds (after at least 1) stop at "
+        "100%% (default 300; tiny 40)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 with --device cpu: stable on a shared machine)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a timing ratio FAILs")
     args = parser.parse_args(argv)
@@ -481,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     headers = ["variant", "NFE", "s/img", "min s", "net s", "peak GiB", "before GiB", "ratio", "min-ratio", "target"]
-    headers += ["", "vs base"]
+    headers += ["", "vs base"] if base_run is not None else [""]
     rows, results, timing_ok = [], {}, True
     base_seconds = median(base_run.seconds) if base_run is not None else None
     for variant in ([base_run] if base_run is not None else []) + resident + offloaded:
@@ -518,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                 gib(peak),
                 gib(variant.resident_bytes if peak is not None else None),
                 *cells,
-                f"{entry['speedup_vs_base']:.1f}x" if base_seconds is not None else "",
+                *([f"{entry['speedup_vs_base']:.1f}x"] if base_seconds is not None else []),
             ]
         )
 
@@ -532,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = ([base_run] if base_run is not None else []) + resident + offloaded
     nfe_agree = all(v.nfe == v.hook_nfe for v in variants)
     finite = {v.name: v.finite for v in variants}
+    hybrid_run = by_name.get("hybrid") or by_name["hybrid-offload"]
+    base_effect = max_abs_diff(hybrid_run.last_images, ours.last_images)  # > 0: the base really ran step 1
     print()
     print(table(headers, rows))
     print()
@@ -540,22 +562,32 @@ def main(argv: list[str] | None = None) -> int:
         print("min-ratio: ratio of the fastest calls. Target: 1 for distilled, NFE / distilled NFE for hybrids;")
         print(f"PASS: ratio <= target x {1 + TOLERANCE:.2f}; PASS*: only min-ratio is (rerun).")
     if offloaded:
-        print(f"offload rows (median of {offload_rounds}; information only): distilled-offload vs "
-              f"{'distilled (ratio of medians)' if resident else 'itself'}, hybrid-offload vs distilled-offload")
-    print("net s: time inside the transformers (forward hooks); peak GiB: max allocated during the call; "
-          "before GiB: allocated before it" + (f"; vs base: times faster than {base_run.name}" if base_run else ""))
+        print(
+            f"offload rows (median of {offload_rounds}; information only): "
+            + ("distilled-offload vs distilled (ratio of medians, not paired), " if resident else "")
+            + "hybrid-offload vs distilled-offload (it also moves the base transformer in and out)"
+        )
+    print(
+        "net s: time inside the transformers (forward hooks); peak GiB: max allocated during the call; "
+        "before GiB: allocated before it" + (f"; vs base: times faster than {base_run.name}" if base_run else "")
+    )
     print(f"max |diffusers - divdistill| distilled latents: {latent_diff:.3g}   np images: {image_diff:.3g}"
           + (f"   offloaded vs resident images: {offload_diff:.3g}" if offload_diff is not None else "")
           + f"   {'IDENTICAL' if identical else 'CLOSE' if close else 'DIFFERENT'}")  # fmt: skip
-    print(f"NFE from output.nfe agrees with the forward hooks: {'yes' if nfe_agree else 'NO'};  "
-          f"finite outputs (random weights): {', '.join(k for k, v in finite.items() if v) or 'none'}")
+    print(f"max |{hybrid_run.name} - {ours.name}| images: {base_effect:.3g} (> 0: FLUX.1-dev ran step 1)")
+    print(
+        f"NFE from output.nfe agrees with the forward hooks: {'yes' if nfe_agree else 'NO'};  "
+        f"finite outputs (random weights): {', '.join(k for k, v in finite.items() if v) or 'none'}"
+    )
     if device.type == "cpu":
         print(load_note()[0])
     elapsed = time.perf_counter() - started
     correct = nfe_agree and (identical or (cuda and close))
     if args.tiny:
-        print(f"smoke test: {'OK' if correct else 'FAIL'} (tiny models: the timings and verdicts above mean nothing; "
-              f"total {elapsed:.1f}s)")
+        print(
+            f"smoke test: {'OK' if correct else 'FAIL'} (tiny models: the timings and verdicts above mean nothing; "
+            f"total {elapsed:.1f}s)"
+        )
     else:
         print(f"overall: {'PASS' if timing_ok and correct else 'FAIL'}   (total {elapsed:.1f}s)")
 
@@ -589,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                 "distilled_latents_max_abs_diff": latent_diff,
                 "distilled_images_max_abs_diff": image_diff,
                 "offloaded_vs_resident_images_max_abs_diff": offload_diff,
+                "hybrid_vs_distilled_images_max_abs_diff": base_effect,
                 "identical": identical,
                 "nfe_agree": nfe_agree,
                 "passed": timing_ok and correct,
