@@ -36,6 +36,8 @@ from divdistill.prediction import to_x0_and_eps
 from divdistill.sampling import Stage, sample
 
 ADAPTER = "slider"
+#: Families whose layer selection (no cross-attention, ResnetBlock2D convs) and VP objective are implemented here.
+TRAINABLE_FAMILIES = ("sd", "sdxl")
 TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full")
 BLOCKS = ("Transformer2DModel",)
 CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -160,6 +162,12 @@ class SliderTrainer:
         self.config = config
         self.model_pipe = pipe.pipeline_for(config.on)
         self.family = pipe.family
+        if self.family.name not in TRAINABLE_FAMILIES:
+            raise ValueError(
+                f"Slider training supports UNet models ({', '.join(TRAINABLE_FAMILIES)}); this pair is "
+                f"{self.family.name}. Sliders and LoRAs trained elsewhere for {self.family.name} models apply with "
+                "`divdistill control` / `--lora` (diffusers/PEFT files, and kohya files for FLUX)."
+            )
         self.unet = self.family.network(self.model_pipe)
         self.device = torch.device(device) if device is not None else self.unet.device
         self.state = TrainState()
