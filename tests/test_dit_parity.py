@@ -159,3 +159,19 @@ def test_pixart_micro_conditions_follow_the_requested_size() -> None:
     assert conditioning.added["resolution"].tolist() == [[64.0, 128.0]] * 2
     assert conditioning.added["aspect_ratio"].tolist() == [[0.5]] * 2
     assert conditioning.added["encoder_attention_mask"].shape[0] == 2
+
+
+def test_explicit_flow_timesteps_are_taken_literally() -> None:
+    pair = PAIRS["flux"]()
+    pipe = pair.hybrid()
+    default = pipe(PROMPT, mode="distilled", generator=torch.Generator().manual_seed(0), output_type="latent")
+    explicit = pipe(
+        PROMPT,
+        mode="distilled",
+        timesteps=[1000, 750, 500, 250],  # schnell's own grid (no shift): the same run
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
+    assert torch.equal(default.images, explicit.images)
+    other = pipe(PROMPT, mode="distilled", timesteps=[1000, 900, 600, 300], output_type="latent")
+    assert [s.timestep for s in other.steps] == pytest.approx([1000, 900, 600, 300])
