@@ -245,6 +245,10 @@ def build_offline_hub(
       repo root; the base UNet plus a guidance embedding (``time_cond_proj_dim=256``), perturbed.
     * ``stabilityai/stable-diffusion-2-1-base``: full SD pipeline of ``tiny_sd_components(seed)``.
     * ``stabilityai/sd-turbo``: full SD pipeline, perturbed UNet, EulerAncestral trailing.
+    * ``PixArt-alpha/PixArt-XL-2-1024-MS`` / ``PixArt-alpha/PixArt-LCM-XL-2-1024-MS``,
+      ``stabilityai/stable-diffusion-3.5-large`` / ``-large-turbo``, ``black-forest-labs/FLUX.1-dev`` /
+      ``FLUX.1-schnell``: full pipelines of ``divdistill.testing.tiny_dit``'s components (T5 with an offline
+      Unigram tokenizer), the distilled ones with their own transformer and published scheduler config.
 
     Every distilled UNet is perturbed with its own seed derived from ``seed`` and its file name, so all
     outputs are deterministic and pairwise different.
