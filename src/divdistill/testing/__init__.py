@@ -1,8 +1,9 @@
 """Offline test rig: tiny deterministic SD/SDXL/PixArt/SD3/FLUX components and a fake local Hugging Face hub cache.
 
 Nothing here downloads anything. ``tiny`` (UNet families) and ``tiny_dit`` (DiT / flow families) build small
-randomly initialised pipelines whose configs mirror the real models; ``hub_cache`` lays them out under the real repo ids and file names so the
-ordinary ``from_pretrained`` / ``hf_hub_download`` code paths can be exercised with ``HF_HUB_OFFLINE=1``.
+randomly initialised pipelines whose configs mirror the real models; ``hub_cache`` lays them out under the real
+repo ids and file names so the ordinary ``from_pretrained`` / ``hf_hub_download`` code paths can be exercised
+with ``HF_HUB_OFFLINE=1``.
 """
 
 from divdistill.testing.hub_cache import (
