@@ -34,7 +34,7 @@ from divdistill.pocket.train_evaluator import EvaluatorTrainConfig, EvaluatorTra
 from divdistill.pocket.training import resolve_device, seconds_per_step, set_threads
 
 #: Step counts and batch sizes per profile. "gpu": about 4 minutes of training on one H200 (measured seconds per
-#: step: evaluator 0.019, VAE 0.040, base 0.076, distillation 0.131); "cpu": about 25-30 minutes on 2 shared cores
+#: step: evaluator 0.019, VAE 0.040, base 0.076, distillation 0.131); "cpu": about 30-35 minutes on 2 shared cores
 #: with one thread (0.16, 0.35, 0.25, 0.4). See docs/pocket.md.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "gpu": {
@@ -43,7 +43,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "distilled": {"steps": 500, "batch": 256},
     },
     "cpu": {
-        "evaluator": {"steps": 600, "batch": 64},
+        "evaluator": {"steps": 1600, "batch": 64},
         "base": {"vae_steps": 1000, "vae_batch": 64, "steps": 3000, "batch": 64, "bank_size": 16384},
         "distilled": {"steps": 900, "batch": 64},
     },
