@@ -57,7 +57,7 @@ def run_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summaries, indent=2))
         return 0
-    header = ("name", "steps", "timesteps", "cfg", "base cfg", "size", "scheduler", "base", "distilled")
+    header = ("name", "family", "steps", "timesteps", "cfg", "base cfg", "size", "scheduler", "base", "distilled")
     rows = [header]
     for s in summaries:
         files = s.get("files") or {}
@@ -70,12 +70,13 @@ def run_presets(args: argparse.Namespace) -> int:
         rows.append(
             (
                 s["name"],
+                s["family"],
                 str(s["steps"]),
                 ",".join(map(str, s["timesteps"])) if s.get("timesteps") else "-",
                 f"{s['guidance']:g}",
                 f"{s['base_guidance']:g}",
                 f"{s['resolution']}px" if s.get("resolution") else "-",
-                s["scheduler"],
+                "as published" if s["scheduler"] == "repo" else s["scheduler"],
                 s["base"],
                 distilled,
             )
