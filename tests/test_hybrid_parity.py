@@ -113,20 +113,26 @@ def test_reverse_mode_runs_base_on_the_final_steps() -> None:
     assert relative_max_difference(ours.images, expected) <= 1e-4
 
 
-def test_base_mode_equals_diffusers_base_pipeline() -> None:
+@pytest.mark.parametrize("rescale", [0.0, 0.7])
+def test_base_mode_equals_diffusers_base_pipeline(rescale: float) -> None:
     base, distilled = sdxl_pair("lcm")
     pipe = HybridPipeline(base, distilled)
-    kwargs = {"output_type": "np", "num_inference_steps": 8, **SIZE}
+    kwargs = {"output_type": "np", "num_inference_steps": 8, "guidance_rescale": rescale, **SIZE}
     ours = pipe(
         PROMPT,
         mode="base",
         base_num_inference_steps=8,
         base_guidance_scale=5.0,
+        guidance_rescale=rescale,
         generator=torch.Generator().manual_seed(5),
         **SIZE,
         output_type="np",
     )
     expected = base(PROMPT, guidance_scale=5.0, generator=torch.Generator().manual_seed(5), **kwargs).images
+    if rescale:  # the rescale changes the run (so the comparison below checks it)
+        plain = pipe(PROMPT, mode="base", base_num_inference_steps=8, base_guidance_scale=5.0, output_type="np",
+                     generator=torch.Generator().manual_seed(5), **SIZE)  # fmt: skip
+        assert relative_max_difference(plain.images, expected) > 1e-3
     assert [r.model for r in ours.steps] == ["base"] * 8
     assert ours.steps[0].timestep == float(base.scheduler.timesteps[0])  # leading spacing: 876 for 8 steps
     assert relative_max_difference(ours.images, expected) <= 1e-4

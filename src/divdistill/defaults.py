@@ -20,6 +20,7 @@ class SamplingDefaults:
     base_schedule: str = "shared"
     height: int | None = None
     width: int | None = None
+    guidance_rescale: float = 0.0  # CFG rescale (Lin et al. 2024); for zero-terminal-SNR models, e.g. 0.7
     max_sequence_length: int | None = None  # T5 prompt length (PixArt, SD3, FLUX); None = the pipeline's default
 
     def updated(self, **overrides: Any) -> SamplingDefaults:

@@ -29,6 +29,7 @@ class GuidedDenoiser:
     dtype: torch.dtype
     family: Family
     cross_attention_kwargs: dict[str, Any] | None = None
+    guidance_rescale: float = 0.0
     guided: bool = field(init=False)
     _inputs: NetworkInputs = field(init=False, repr=False)
 
@@ -53,4 +54,14 @@ class GuidedDenoiser:
         if self.guided:
             uncond, cond = output.chunk(2)
             output = uncond + self.guidance_scale * (cond - uncond)
+            if self.guidance_rescale > 0:
+                output = rescale_guidance(output, cond, self.guidance_rescale)
         return output
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, factor: float) -> torch.Tensor:
+    """Lin et al. 2024, Sec. 3.4 (diffusers' `rescale_noise_cfg`): bring the guided output's per-sample std back to
+    the conditional output's, mixed by `factor`. CFG on a zero-terminal-SNR model over-exposes without it."""
+    dims = list(range(1, cond.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return factor * rescaled + (1 - factor) * guided

@@ -148,6 +148,7 @@ class HybridPipeline:
         base_num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         base_guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
         skip_first_steps: int = 0,
         segments: str | Sequence[Segment] | None = None,
         height: int | None = None,
@@ -168,6 +169,8 @@ class HybridPipeline:
         own scheduler with `base_num_inference_steps`), or "reverse" (base for the last `base_steps` steps).
         base_schedule: "shared" (base on the distilled schedule; the paper's best) or "own" (base on its own
         `base_num_inference_steps`-step schedule down to the hand-off timestep).
+        guidance_rescale: rescale of classifier-free guidance (Lin et al. 2024, diffusers' `guidance_rescale`) for
+            every model that runs CFG; zero-terminal-SNR models want ~0.7.
         skip_first_steps: start from pure noise at the k-th timestep of the distilled schedule.
         segments: an explicit segment schedule ("base:1,distilled:3") instead of `mode`/`base_steps`.
         callback: called after every step with a `StepInfo` (x_t, x0-hat, model, timestep).
@@ -185,6 +188,7 @@ class HybridPipeline:
             base_num_inference_steps=base_num_inference_steps,
             guidance_scale=guidance_scale,
             base_guidance_scale=base_guidance_scale,
+            guidance_rescale=guidance_rescale,
             height=height,
             width=width,
         )
@@ -226,6 +230,7 @@ class HybridPipeline:
                 dtype=dtype,
                 family=self.family,
                 cross_attention_kwargs=cross_attention_kwargs,
+                guidance_rescale=settings.guidance_rescale,
             )
             if denoiser_hooks and model in denoiser_hooks:
                 denoiser = denoiser_hooks[model](denoiser)
@@ -273,6 +278,7 @@ class HybridPipeline:
                 "base_num_inference_steps": settings.base_num_inference_steps,
                 "guidance_scale": settings.guidance_scale,
                 "base_guidance_scale": settings.base_guidance_scale,
+                "guidance_rescale": settings.guidance_rescale,
                 "skip_first_steps": skip_first_steps,
                 "height": height,
                 "width": width,
