@@ -146,6 +146,11 @@ def test_sampling_options_reach_the_pipeline(tmp_path: Path, built: list) -> Non
     assert steps_of(tmp_path / "s") == [("base", 999.0, 3.0), ("base", 499.0, 3.0)]
     assert cli("generate", *base, "--mode", "distilled", "--skip-first-steps", 1, "--out", tmp_path / "k") == 0
     assert steps_of(tmp_path / "k") == [("distilled", 499.0, 0.0)]
+    rescaled = tmp_path / "r"
+    assert cli("generate", *base, "--base-guidance-scale", 3, "--guidance-rescale", 0.7, "--out", rescaled) == 0
+    sidecar = json.loads((rescaled / "run.json").read_text())
+    assert sidecar["request"]["sampling"]["guidance_rescale"] == 0.7 and sidecar["settings"]["guidance_rescale"] == 0.7
+    assert "guidance_rescale" not in json.loads((tmp_path / "d" / "run.json").read_text())["request"]["sampling"]
     # Settings the sampler rejects are input errors too (one line, exit 2).
     assert cli("generate", *base, "--segments", "base:1", "--out", tmp_path / "bad") == 2
 

@@ -123,6 +123,10 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
     "timesteps": ("--timesteps", {"type": timesteps, "help": "explicit distilled timesteps, e.g. 999,749,499,249"}),
     "guidance_scale": ("--guidance-scale", {"type": float, "help": "distilled model's guidance scale"}),
     "base_guidance_scale": ("--base-guidance-scale", {"type": float, "help": "base model's guidance scale"}),
+    "guidance_rescale": (
+        "--guidance-rescale",
+        {"type": float, "help": "CFG rescale (Lin et al.) wherever CFG runs; ~0.7 for zero-terminal-SNR models"},
+    ),
     "height": ("--height", {"type": positive_int, "help": "image height in pixels"}),
     "width": ("--width", {"type": positive_int, "help": "image width in pixels"}),
 }
@@ -130,7 +134,7 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
 
 def add_sampling_arguments(group: Any, *names: str) -> None:
     """The sampling options `names` (default: all of steps, timesteps, guidance_scale, base_guidance_scale,
-    height, width), in that order; unset, each is the pair's default."""
+    guidance_rescale, height, width), in that order; unset, each is the pair's default."""
     for name in names or tuple(_SAMPLING):
         flag, options = _SAMPLING[name]
         group.add_argument(flag, **options)

@@ -87,7 +87,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_arguments(parser, "model (as generate): --preset, or --base and --distilled")
 
     sampling = parser.add_argument_group("sampling for every mode (unset: the pair's defaults)")
-    add_sampling_arguments(sampling, "steps", "timesteps", "guidance_scale")
+    add_sampling_arguments(sampling, "steps", "timesteps", "guidance_scale", "guidance_rescale")
     sampling.add_argument("--base-guidance-scale", type=float, help="base guidance (a mode's @cfgX overrides it)")
     sampling.add_argument("--negative-prompt")
     add_sampling_arguments(sampling, "height", "width")
@@ -196,6 +196,7 @@ def generate_argv(args: argparse.Namespace, mode: Any, prompts: Path, out: Path)
         "--steps": args.steps,
         "--timesteps": ",".join(map(str, args.timesteps)) if args.timesteps else None,
         "--guidance-scale": args.guidance_scale,
+        "--guidance-rescale": args.guidance_rescale,
         "--base-guidance-scale": args.base_guidance_scale if mode.base_guidance_scale is None else None,
         "--negative-prompt": args.negative_prompt,
         "--height": args.height,

@@ -147,7 +147,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline call's sampling arguments (None: the pair's default)."""
-    return {
+    kwargs = {
         "mode": args.mode,
         "base_steps": args.base_steps,
         "base_schedule": args.base_schedule,
@@ -162,6 +162,9 @@ def call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "height": args.height,
         "width": args.width,
     }
+    if args.guidance_rescale is not None:  # only then: jobs finished before the option existed keep matching
+        kwargs["guidance_rescale"] = args.guidance_rescale
+    return kwargs
 
 
 def request_of(args: argparse.Namespace, dtype_name: str) -> dict[str, Any]:
