@@ -45,7 +45,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "evaluator": {"steps": 1600, "batch": 64},
         "base": {"vae_steps": 1000, "vae_batch": 64, "steps": 3000, "batch": 64, "bank_size": 16384},
-        "distilled": {"steps": 900, "batch": 64},
+        "distilled": {"steps": 1800, "batch": 64},
     },
 }
 
