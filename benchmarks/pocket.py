@@ -2,6 +2,7 @@
 
     python benchmarks/pocket.py [--prompts 8] [--seeds 64] [--out pocket-bench.json]
     python benchmarks/pocket.py --base DIR --distilled DIR --evaluator DIR     # another trained set
+    python benchmarks/pocket.py --guidance-rescale 0.7                         # CFG rescale (Lin et al.)
 
 Every mode samples the same prompts with the same seeds (seed s gives image s of every mode the same initial
 noise). Modes: base (its own 50-step DDIM, CFG 4), distilled (4 LCM steps), hybrid k=1 and k=2 (the base on the
@@ -72,7 +73,7 @@ def measure(images: torch.Tensor, captions: list[str], evaluator) -> dict[str, f
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    pipe = pocket_pipeline(args.base, args.distilled)
+    pipe = pocket_pipeline(args.base, args.distilled, guidance_rescale=args.guidance_rescale)
     pipe.set_progress_bar_config(disable=True)
     evaluator = load_evaluator(args.evaluator)
     prompts = list(PROMPTS[: args.prompts])
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--distilled")
     parser.add_argument("--evaluator")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--guidance-rescale", type=float, default=None, help="CFG rescale for every CFG run")
     parser.add_argument("--out", default="pocket-bench.json")
     args = parser.parse_args()
     result = run(args)
