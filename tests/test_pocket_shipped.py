@@ -57,3 +57,16 @@ def test_pocket_preset_when_registered():
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a blue square", generator=torch.Generator().manual_seed(1), output_type="pt", mode="distilled")
     assert out.images.shape == (1, 3, 32, 32) and out.nfe == 4
+
+
+def test_the_cpu_profile_is_the_shipped_recipe():
+    """`train_all --profile cpu --seed 0` is what made the shipped set: editing one without the other breaks this."""
+    import json
+
+    from divdistill.pocket.train_all import PROFILES
+    from divdistill.pocket.weights import weights_dir
+
+    recipe = json.loads((weights_dir("base").parent / "recipe.json").read_text())
+    assert recipe["profile"] == "cpu" and recipe["seed"] == 0
+    assert recipe["settings"] == PROFILES["cpu"]
+    assert min(recipe["models"]["evaluator"]["accuracy"][k] for k in ("size_category", "x_category")) >= 0.95
