@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dit_pairs import PAIRS, BaseTransformerForFirstCalls
+from divdistill.conditioning import PromptRequest
 from divdistill.families import FluxFamily, PixArtFamily, SD3Family, family_of
 
 PROMPT = "a red circle"
@@ -155,7 +156,8 @@ def test_flow_own_schedule_hands_off_exactly_at_the_distilled_noise_level(family
 
 def test_pixart_micro_conditions_follow_the_requested_size() -> None:
     pair = PAIRS["pixart"]()
-    conditioning = PixArtFamily().encode(pair.base, [PROMPT], None, 2, False, 64, 128, torch.device("cpu"))
+    request = PromptRequest([PROMPT], num_images_per_prompt=2, height=64, width=128)
+    conditioning = PixArtFamily().encode(pair.base, request)
     assert conditioning.added["resolution"].tolist() == [[64.0, 128.0]] * 2
     assert conditioning.added["aspect_ratio"].tolist() == [[0.5]] * 2
     assert conditioning.added["encoder_attention_mask"].shape[0] == 2

@@ -8,6 +8,24 @@ import torch
 
 
 @dataclass(frozen=True)
+class PromptRequest:
+    """What a family encodes for one call: the prompts and how the images are laid out.
+
+    `with_negative` asks for the unconditional branch too (some model of the run uses classifier-free guidance);
+    `max_sequence_length` is the T5 prompt length of the families that have one (None: the pipeline's default).
+    """
+
+    prompts: list[str]
+    negative_prompts: list[str] | None = None
+    num_images_per_prompt: int = 1
+    with_negative: bool = False
+    height: int = 0
+    width: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    max_sequence_length: int | None = None
+
+
+@dataclass(frozen=True)
 class Conditioning:
     """Everything a denoising network needs besides the latent and the timestep, for one batch.
 

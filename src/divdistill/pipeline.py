@@ -17,6 +17,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.defaults import SamplingDefaults
 from divdistill.denoiser import GuidedDenoiser
 from divdistill.families import PairMismatchError, family_of
@@ -214,9 +215,10 @@ class HybridPipeline:
         shape = self.family.latent_shape(self.distilled, batch, height, width)
         stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape)
         self._activate("text")
-        conditioning = self._encode(
-            prompts, negatives, num_images_per_prompt, stages_spec, height, width, settings.max_sequence_length
+        request = PromptRequest(
+            prompts, negatives, num_images_per_prompt, False, height, width, device, settings.max_sequence_length
         )
+        conditioning = self._encode(request, stages_spec)
         dtype = next(iter(conditioning.values())).hidden_states.dtype
         stages = []
         for model, scheduler, stage_timesteps, scale in stages_spec:
@@ -349,18 +351,15 @@ class HybridPipeline:
             cursor += segment.steps
         return stages
 
-    def _encode(self, prompts, negatives, num_images_per_prompt, stages_spec, height, width, max_length):
+    def _encode(self, request: PromptRequest, stages_spec) -> dict[str, Conditioning]:
         """Conditioning per model; encoded once when both models share their text encoders."""
         needs_negative: dict[str, bool] = {}
         for model, _, _, scale in stages_spec:
             network = self.family.network(self.pipeline_for(model))
             needs_negative[model] = needs_negative.get(model, False) or self.family.runs_cfg(network, scale)
-        device = self.device
 
         def encode(pipe, negative: bool):
-            return self.family.encode(
-                pipe, prompts, negatives, num_images_per_prompt, negative, height, width, device, max_length
-            )
+            return self.family.encode(pipe, replace(request, with_negative=negative))
 
         if self.family.shares_text_encoders(self.base, self.distilled):
             encoded = encode(self.base if "base" in needs_negative else self.distilled, any(needs_negative.values()))

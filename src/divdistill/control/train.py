@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from divdistill.conditioning import Conditioning
+from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.control.formats import LoraLayer, save_lora
 from divdistill.conventions import alpha_prod_at
 from divdistill.denoiser import GuidedDenoiser
@@ -236,11 +236,15 @@ class SliderTrainer:
         size = config.resolution or self.family.default_size(pipe)
         self.size = size
         batch = config.batch_size
-        encode = self.family.encode
+
+        def encode(prompt: str, negative: bool) -> Conditioning:
+            request = PromptRequest([prompt], None, batch, negative, size, size, self.device)
+            return self.family.encode(pipe, request)
+
         with torch.no_grad():
-            self.target = encode(pipe, [config.target], None, batch, True, size, size, self.device)
+            self.target = encode(config.target, True)
             prompts = [config.neutral or config.target, config.positive, config.negative]
-            self.references = _cat([encode(pipe, [p], None, batch, False, size, size, self.device) for p in prompts])
+            self.references = _cat([encode(p, False) for p in prompts])
         self.dtype = self.target.hidden_states.dtype
         guidance = config.denoise_guidance
         if guidance is None:

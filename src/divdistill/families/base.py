@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from divdistill.conditioning import Conditioning
+from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.conventions import VP, LatentConvention
 
 
@@ -59,18 +59,7 @@ class Family(ABC):
         """Whether `pipe` belongs to this family."""
 
     @abstractmethod
-    def encode(
-        self,
-        pipe: Any,
-        prompt: list[str],
-        negative_prompt: list[str] | None,
-        num_images_per_prompt: int,
-        with_negative: bool,
-        height: int,
-        width: int,
-        device: torch.device,
-        max_sequence_length: int | None = None,
-    ) -> Conditioning:
+    def encode(self, pipe: Any, request: PromptRequest) -> Conditioning:
         """Encode prompts with the pipeline's own encoders (so embeddings equal the pipeline's)."""
 
     @abstractmethod

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from divdistill.conditioning import Conditioning
+from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.conventions import FLOW, FLOW_PREDICTION, exact_sigma_scheduler
 from divdistill.families.base import Family, NetworkInputs, config_problems, vae_problems
 
@@ -51,38 +51,28 @@ class PixArtFamily(Family):
     def network(self, pipe: Any) -> torch.nn.Module:
         return pipe.transformer
 
-    def encode(
-        self,
-        pipe,
-        prompt,
-        negative_prompt,
-        num_images_per_prompt,
-        with_negative,
-        height,
-        width,
-        device,
-        max_sequence_length=None,
-    ):
+    def encode(self, pipe, request: PromptRequest):
         embeds, mask, negative, negative_mask = pipe.encode_prompt(
-            prompt,
-            with_negative,
-            negative_prompt=negative_prompt if negative_prompt is not None else "",
-            num_images_per_prompt=num_images_per_prompt,
-            device=device,
+            request.prompts,
+            request.with_negative,
+            negative_prompt=request.negative_prompts if request.negative_prompts is not None else "",
+            num_images_per_prompt=request.num_images_per_prompt,
+            device=request.device,
             clean_caption=False,
-            max_sequence_length=max_sequence_length or 120,
+            max_sequence_length=request.max_sequence_length or 120,
         )
         added = {"encoder_attention_mask": mask}
         if pipe.transformer.config.sample_size == 128:  # the 1024 px models' micro-conditions
             batch = embeds.shape[0]
+            height, width, device = request.height, request.width, request.device
             added["resolution"] = torch.tensor([height, width]).repeat(batch, 1).to(device, embeds.dtype)
             added["aspect_ratio"] = torch.tensor([float(height / width)]).repeat(batch, 1).to(device, embeds.dtype)
         negative_added = None
-        if with_negative:
+        if request.with_negative:
             negative_added = {**added, "encoder_attention_mask": negative_mask}
         return Conditioning(
             hidden_states=embeds,
-            negative_hidden_states=negative if with_negative else None,
+            negative_hidden_states=negative if request.with_negative else None,
             added=added,
             negative_added=negative_added,
         )
@@ -182,33 +172,22 @@ class SD3Family(FlowFamily):
     def matches(self, pipe: Any) -> bool:
         return _class_name(getattr(pipe, "transformer", None)) == "SD3Transformer2DModel"
 
-    def encode(
-        self,
-        pipe,
-        prompt,
-        negative_prompt,
-        num_images_per_prompt,
-        with_negative,
-        height,
-        width,
-        device,
-        max_sequence_length=None,
-    ):
+    def encode(self, pipe, request: PromptRequest):
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-            prompt=prompt,
+            prompt=request.prompts,
             prompt_2=None,
             prompt_3=None,
-            device=device,
-            num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=with_negative,
-            negative_prompt=negative_prompt,
-            max_sequence_length=max_sequence_length or 256,
+            device=request.device,
+            num_images_per_prompt=request.num_images_per_prompt,
+            do_classifier_free_guidance=request.with_negative,
+            negative_prompt=request.negative_prompts,
+            max_sequence_length=request.max_sequence_length or 256,
         )
         return Conditioning(
             hidden_states=embeds,
-            negative_hidden_states=negative if with_negative else None,
+            negative_hidden_states=negative if request.with_negative else None,
             added={"pooled_projections": pooled},
-            negative_added={"pooled_projections": negative_pooled} if with_negative else None,
+            negative_added={"pooled_projections": negative_pooled} if request.with_negative else None,
         )
 
     def forward(self, network, x, t, inputs: NetworkInputs):
@@ -265,41 +244,32 @@ class FluxFamily(FlowFamily):
     def guidance_inputs(self, network, guidance_scale, batch_size, device, dtype):
         return {"guidance": torch.full([1], guidance_scale, device=device, dtype=torch.float32)}
 
-    def encode(
-        self,
-        pipe,
-        prompt,
-        negative_prompt,
-        num_images_per_prompt,
-        with_negative,
-        height,
-        width,
-        device,
-        max_sequence_length=None,
-    ):
-        length = max_sequence_length or 512
+    def encode(self, pipe, request: PromptRequest):
+        length = request.max_sequence_length or 512
         embeds, pooled, text_ids = pipe.encode_prompt(
-            prompt=prompt,
+            prompt=request.prompts,
             prompt_2=None,
-            device=device,
-            num_images_per_prompt=num_images_per_prompt,
+            device=request.device,
+            num_images_per_prompt=request.num_images_per_prompt,
             max_sequence_length=length,
         )
         negative = negative_pooled = None
-        if with_negative:  # FluxPipeline's "true CFG", with an empty negative prompt by default
-            negatives = negative_prompt if negative_prompt is not None else [""] * len(prompt)
+        if request.with_negative:  # FluxPipeline's "true CFG", with an empty negative prompt by default
+            negatives = (
+                request.negative_prompts if request.negative_prompts is not None else [""] * len(request.prompts)
+            )
             negative, negative_pooled, _ = pipe.encode_prompt(
                 prompt=negatives,
                 prompt_2=None,
-                device=device,
-                num_images_per_prompt=num_images_per_prompt,
+                device=request.device,
+                num_images_per_prompt=request.num_images_per_prompt,
                 max_sequence_length=length,
             )
         return Conditioning(
             hidden_states=embeds,
             negative_hidden_states=negative,
             added={"pooled_projections": pooled},
-            negative_added={"pooled_projections": negative_pooled} if with_negative else None,
+            negative_added={"pooled_projections": negative_pooled} if request.with_negative else None,
             extra={"txt_ids": text_ids},
         )
 

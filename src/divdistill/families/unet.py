@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from divdistill.conditioning import Conditioning
+from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.families.base import Family, NetworkInputs, config_problems, vae_problems
 
 
@@ -85,26 +85,15 @@ class SDFamily(UNetFamily):
             and getattr(pipe.unet.config, "addition_embed_type", None) is None
         )
 
-    def encode(
-        self,
-        pipe,
-        prompt,
-        negative_prompt,
-        num_images_per_prompt,
-        with_negative,
-        height,
-        width,
-        device,
-        max_sequence_length=None,
-    ):
+    def encode(self, pipe, request: PromptRequest):
         positive, negative = pipe.encode_prompt(
-            prompt,
-            device,
-            num_images_per_prompt,
-            with_negative,
-            negative_prompt=negative_prompt,
+            request.prompts,
+            request.device,
+            request.num_images_per_prompt,
+            request.with_negative,
+            negative_prompt=request.negative_prompts,
         )
-        return Conditioning(hidden_states=positive, negative_hidden_states=negative if with_negative else None)
+        return Conditioning(hidden_states=positive, negative_hidden_states=negative if request.with_negative else None)
 
     def pair_problems(self, base, distilled):
         keys = ("in_channels", "out_channels", "cross_attention_dim")
@@ -122,31 +111,21 @@ class SDXLFamily(UNetFamily):
     def matches(self, pipe: Any) -> bool:
         return hasattr(pipe, "unet") and getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
 
-    def encode(
-        self,
-        pipe,
-        prompt,
-        negative_prompt,
-        num_images_per_prompt,
-        with_negative,
-        height,
-        width,
-        device,
-        max_sequence_length=None,
-    ):
+    def encode(self, pipe, request: PromptRequest):
         positive, negative, pooled, negative_pooled = pipe.encode_prompt(
-            prompt=prompt,
-            device=device,
-            num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=with_negative,
-            negative_prompt=negative_prompt,
+            prompt=request.prompts,
+            device=request.device,
+            num_images_per_prompt=request.num_images_per_prompt,
+            do_classifier_free_guidance=request.with_negative,
+            negative_prompt=request.negative_prompts,
         )
         if pipe.text_encoder_2 is None:
             projection_dim = int(pooled.shape[-1])
         else:
             projection_dim = pipe.text_encoder_2.config.projection_dim
+        size, device, with_negative = (request.height, request.width), request.device, request.with_negative
         time_ids = pipe._get_add_time_ids(
-            (height, width), (0, 0), (height, width), dtype=positive.dtype, text_encoder_projection_dim=projection_dim
+            size, (0, 0), size, dtype=positive.dtype, text_encoder_projection_dim=projection_dim
         )
         time_ids = time_ids.to(device).repeat(positive.shape[0], 1)
         added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
