@@ -174,6 +174,9 @@ class HybridPipeline:
             every model that runs CFG; zero-terminal-SNR models want ~0.7.
         skip_first_steps: start from pure noise at the k-th timestep of the distilled schedule.
         segments: an explicit segment schedule ("base:1,distilled:3") instead of `mode`/`base_steps`.
+        latents: initial unit-Gaussian noise of shape (batch, channels, height / f, width / f), in every family
+            (FLUX too: divdistill packs FLUX latents only around the transformer call, so its latents, x0-hat and
+            `output_type="latent"` results are (B, C, H, W), not FluxPipeline's packed tokens).
         callback: called after every step with a `StepInfo` (x_t, x0-hat, model, timestep).
         return_trajectory: also record every step's x_t and x0-hat (CPU copies) as `output.trajectory`
             (a `divdistill.trajectory.Trajectory`; with return_dict=False the tuple is (images, trajectory)).
