@@ -177,3 +177,23 @@ def test_explicit_flow_timesteps_are_taken_literally() -> None:
     assert torch.equal(default.images, explicit.images)
     other = pipe(PROMPT, mode="distilled", timesteps=[1000, 900, 600, 300], output_type="latent")
     assert [s.timestep for s in other.steps] == pytest.approx([1000, 900, 600, 300])
+
+
+def test_pixart_resolution_binning_equals_the_pipelines() -> None:
+    from diffusers import PixArtAlphaPipeline
+
+    from divdistill import HybridPipeline
+    from divdistill.defaults import SamplingDefaults
+    from divdistill.testing.tiny_dit import tiny_pixart_components
+
+    components = tiny_pixart_components(seed=0, lcm=True, sample_size=32)  # 256 px model: its aspect-ratio bins
+    pipe = PixArtAlphaPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    hybrid = HybridPipeline(pipe, pipe, defaults=SamplingDefaults(num_inference_steps=4, guidance_scale=0.0))
+    ours = hybrid(PROMPT, mode="distilled", height=96, width=160, resolution_binning=True, output_type="np",
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    reference = pipe(PROMPT, num_inference_steps=4, guidance_scale=0.0, height=96, width=160, output_type="np",
+                     generator=torch.Generator().manual_seed(0), clean_caption=False).images  # fmt: skip
+    assert ours.images.shape == reference.shape == (1, 96, 160, 3)
+    assert ours.settings["sampled_size"] != [96, 160]  # it sampled at a bin and resized back
+    assert _rel(ours.images, reference) <= 1e-4

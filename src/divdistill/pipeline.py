@@ -150,6 +150,7 @@ class HybridPipeline:
         guidance_scale: float | None = None,
         base_guidance_scale: float | None = None,
         guidance_rescale: float | None = None,
+        resolution_binning: bool | None = None,
         skip_first_steps: int = 0,
         segments: str | Sequence[Segment] | None = None,
         height: int | None = None,
@@ -172,6 +173,8 @@ class HybridPipeline:
         `base_num_inference_steps`-step schedule down to the hand-off timestep).
         guidance_rescale: rescale of classifier-free guidance (Lin et al. 2024, diffusers' `guidance_rescale`) for
             every model that runs CFG; zero-terminal-SNR models want ~0.7.
+        resolution_binning: PixArt only, as `PixArtAlphaPipeline(use_resolution_binning=True)`: sample at the nearest
+            aspect-ratio bin the model was trained on and resize the images back (off by default: the size asked).
         skip_first_steps: start from pure noise at the k-th timestep of the distilled schedule.
         segments: an explicit segment schedule ("base:1,distilled:3") instead of `mode`/`base_steps`.
         latents: initial unit-Gaussian noise of shape (batch, channels, height / f, width / f), in every family
@@ -193,6 +196,7 @@ class HybridPipeline:
             guidance_scale=guidance_scale,
             base_guidance_scale=base_guidance_scale,
             guidance_rescale=guidance_rescale,
+            resolution_binning=resolution_binning,
             height=height,
             width=width,
         )
@@ -211,15 +215,25 @@ class HybridPipeline:
         negatives = _broadcast_negative(negative_prompt, len(prompts))
         height = settings.height or self.family.default_size(self.distilled)
         width = settings.width or self.family.default_size(self.distilled)
+        sample_height, sample_width = self.family.sampling_size(
+            self.distilled, height, width, settings.resolution_binning
+        )
 
         plan = self._segments(settings, segments, skip_first_steps)
         device = self.device
         batch = len(prompts) * num_images_per_prompt
-        shape = self.family.latent_shape(self.distilled, batch, height, width)
+        shape = self.family.latent_shape(self.distilled, batch, sample_height, sample_width)
         stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape)
         self._activate("text")
         request = PromptRequest(
-            prompts, negatives, num_images_per_prompt, False, height, width, device, settings.max_sequence_length
+            prompts,
+            negatives,
+            num_images_per_prompt,
+            False,
+            sample_height,
+            sample_width,
+            device,
+            settings.max_sequence_length,
         )
         conditioning = self._encode(request, stages_spec)
         dtype = next(iter(conditioning.values())).hidden_states.dtype
@@ -266,7 +280,7 @@ class HybridPipeline:
             images = latents
         else:
             self._activate("vae")
-            images = self.family.decode(last_pipe, latents, output_type)
+            images = self.family.decode(last_pipe, latents, output_type, size=(height, width))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         output = HybridPipelineOutput(
@@ -288,6 +302,11 @@ class HybridPipeline:
                 "height": height,
                 "width": width,
                 "num_images_per_prompt": num_images_per_prompt,
+                **(
+                    {"sampled_size": [sample_height, sample_width]}
+                    if (sample_height, sample_width) != (height, width)
+                    else {}
+                ),
             },
         )
         if recorder is not None:

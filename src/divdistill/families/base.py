@@ -67,8 +67,9 @@ class Family(ABC):
         """Human-readable reasons why two pipelines of this family cannot be mixed (empty when fine)."""
 
     @abstractmethod
-    def decode(self, pipe: Any, latents: torch.Tensor, output_type: str) -> Any:
-        """Turn final latents into images the way the pipeline itself does."""
+    def decode(self, pipe: Any, latents: torch.Tensor, output_type: str, size: tuple[int, int] | None = None) -> Any:
+        """Turn final latents into images the way the pipeline itself does (at `size` = (height, width) when the
+        family samples at another size, see `sampling_size`)."""
 
     @abstractmethod
     def forward(self, network: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, inputs: NetworkInputs):
@@ -124,6 +125,10 @@ class Family(ABC):
         if height % factor or width % factor:
             raise ValueError(f"height and width must be multiples of {factor} for this VAE; got {height}x{width}.")
         return (batch_size, self.network(pipe).config.in_channels, height // factor, width // factor)
+
+    def sampling_size(self, pipe: Any, height: int, width: int, binning: bool = False) -> tuple[int, int]:
+        """The size the network samples at for a requested size (PixArt snaps to its training aspect-ratio bins)."""
+        return height, width
 
     def network(self, pipe: Any) -> torch.nn.Module:
         """The denoising network of a pipeline."""

@@ -40,6 +40,17 @@ def _decode_shifted(pipe: Any, latents: torch.Tensor, output_type: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------- PixArt
+def _aspect_ratio_bins(sample_size: int) -> dict | None:
+    """PixArt's aspect-ratio bins for a transformer's sample size (None: sizes without bins are used as given)."""
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as pixart
+
+    return {
+        128: pixart.ASPECT_RATIO_1024_BIN,
+        64: pixart.ASPECT_RATIO_512_BIN,
+        32: pixart.ASPECT_RATIO_256_BIN,
+    }.get(sample_size)
+
+
 class PixArtFamily(Family):
     """PixArt-alpha / PixArt-LCM (PixArt-delta) / PixArt-Sigma: T5 captions, DiT with adaLN-single."""
 
@@ -99,9 +110,19 @@ class PixArtFamily(Family):
             base, distilled
         )
 
-    def decode(self, pipe, latents, output_type):
+    def sampling_size(self, pipe, height, width, binning=False):
+        """PixArtAlphaPipeline's `use_resolution_binning`: the nearest aspect-ratio bin the model was trained on."""
+        bins = _aspect_ratio_bins(pipe.transformer.config.sample_size) if binning else None
+        if bins is None:
+            return height, width
+        binned = pipe.image_processor.classify_height_width_bin(height, width, ratios=bins)
+        return int(binned[0]), int(binned[1])
+
+    def decode(self, pipe, latents, output_type, size=None):
         vae = pipe.vae
         image = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
+        if size is not None and tuple(image.shape[-2:]) != tuple(size):  # binned: back to the requested size
+            image = pipe.image_processor.resize_and_crop_tensor(image, size[1], size[0])
         return pipe.image_processor.postprocess(image, output_type=output_type)
 
 
@@ -117,7 +138,7 @@ class FlowFamily(Family):
     def prediction_type(self, pipe: Any) -> str:
         return FLOW_PREDICTION
 
-    def decode(self, pipe, latents, output_type):
+    def decode(self, pipe, latents, output_type, size=None):
         return _decode_shifted(pipe, latents, output_type)
 
     def image_seq_len(self, pipe: Any, latent_shape: tuple[int, ...]) -> int:

@@ -99,7 +99,7 @@ class SDFamily(UNetFamily):
         keys = ("in_channels", "out_channels", "cross_attention_dim")
         return config_problems("UNet", base.unet, distilled.unet, keys) + vae_problems(base, distilled)
 
-    def decode(self, pipe, latents, output_type):
+    def decode(self, pipe, latents, output_type, size=None):
         return _decode_vae(pipe, latents, output_type, upcast_fp16=False)
 
 
@@ -147,5 +147,5 @@ class SDXLFamily(UNetFamily):
         )
         return config_problems("UNet", base.unet, distilled.unet, keys) + vae_problems(base, distilled)
 
-    def decode(self, pipe, latents, output_type):
+    def decode(self, pipe, latents, output_type, size=None):
         return _decode_vae(pipe, latents, output_type, upcast_fp16=True)

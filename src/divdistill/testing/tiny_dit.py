@@ -143,12 +143,13 @@ def _flow_vae(seed: int, shift_factor: float, scaling_factor: float) -> torch.nn
 
 
 # ------------------------------------------------------------------------------------------ transformers
-def tiny_pixart_transformer(seed: int = 0) -> torch.nn.Module:
+def tiny_pixart_transformer(seed: int = 0, sample_size: int = 128) -> torch.nn.Module:
+    """Tiny PixArt DiT; `sample_size` 128 has the 1024-MS micro-conditions, 32 the 256 px aspect-ratio bins."""
     from diffusers import PixArtTransformer2DModel
 
     with _seeded(seed):
         model = PixArtTransformer2DModel(
-            sample_size=128,
+            sample_size=sample_size,
             num_layers=2,
             patch_size=8,
             attention_head_dim=8,
@@ -222,7 +223,7 @@ def perturbed(module: torch.nn.Module, seed: int, scale: float = 0.5) -> torch.n
 
 
 # -------------------------------------------------------------------------------------------- components
-def tiny_pixart_components(seed: int = 0, lcm: bool = False) -> dict[str, Any]:
+def tiny_pixart_components(seed: int = 0, lcm: bool = False, sample_size: int = 128) -> dict[str, Any]:
     """Keyword arguments for `PixArtAlphaPipeline(**components)`; `lcm` gives PixArt-LCM's scheduler."""
     from diffusers import DPMSolverMultistepScheduler, LCMScheduler
 
@@ -232,7 +233,7 @@ def tiny_pixart_components(seed: int = 0, lcm: bool = False) -> dict[str, Any]:
         else DPMSolverMultistepScheduler(**PIXART_BASE_SCHEDULER_CONFIG)
     )
     return {
-        "transformer": tiny_pixart_transformer(seed),
+        "transformer": tiny_pixart_transformer(seed, sample_size),
         "vae": tiny_vae(seed + 1, sdxl=False),
         "text_encoder": tiny_t5_encoder(seed + 2),
         "tokenizer": tiny_t5_tokenizer(),
