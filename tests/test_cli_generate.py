@@ -151,6 +151,9 @@ def test_sampling_options_reach_the_pipeline(tmp_path: Path, built: list) -> Non
     sidecar = json.loads((rescaled / "run.json").read_text())
     assert sidecar["request"]["sampling"]["guidance_rescale"] == 0.7 and sidecar["settings"]["guidance_rescale"] == 0.7
     assert "guidance_rescale" not in json.loads((tmp_path / "d" / "run.json").read_text())["request"]["sampling"]
+    binned = tmp_path / "b"
+    assert cli("generate", *base, "--resolution-binning", "--out", binned) == 0
+    assert json.loads((binned / "run.json").read_text())["settings"]["resolution_binning"] is True
     # Settings the sampler rejects are input errors too (one line, exit 2).
     assert cli("generate", *base, "--segments", "base:1", "--out", tmp_path / "bad") == 2
 

@@ -298,6 +298,7 @@ class HybridPipeline:
                 "guidance_scale": settings.guidance_scale,
                 "base_guidance_scale": settings.base_guidance_scale,
                 "guidance_rescale": settings.guidance_rescale,
+                "resolution_binning": settings.resolution_binning,
                 "skip_first_steps": skip_first_steps,
                 "height": height,
                 "width": width,

@@ -127,6 +127,14 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
         "--guidance-rescale",
         {"type": float, "help": "CFG rescale (Lin et al.) wherever CFG runs; ~0.7 for zero-terminal-SNR models"},
     ),
+    "resolution_binning": (
+        "--resolution-binning",
+        {
+            "action": "store_const",
+            "const": True,
+            "help": "PixArt: sample at the nearest trained aspect-ratio bin and resize back (as diffusers does)",
+        },
+    ),
     "height": ("--height", {"type": positive_int, "help": "image height in pixels"}),
     "width": ("--width", {"type": positive_int, "help": "image width in pixels"}),
 }
@@ -134,7 +142,7 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
 
 def add_sampling_arguments(group: Any, *names: str) -> None:
     """The sampling options `names` (default: all of steps, timesteps, guidance_scale, base_guidance_scale,
-    guidance_rescale, height, width), in that order; unset, each is the pair's default."""
+    guidance_rescale, resolution_binning, height, width), in that order; unset, each is the pair's default."""
     for name in names or tuple(_SAMPLING):
         flag, options = _SAMPLING[name]
         group.add_argument(flag, **options)

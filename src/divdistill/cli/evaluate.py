@@ -90,7 +90,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_sampling_arguments(sampling, "steps", "timesteps", "guidance_scale", "guidance_rescale")
     sampling.add_argument("--base-guidance-scale", type=float, help="base guidance (a mode's @cfgX overrides it)")
     sampling.add_argument("--negative-prompt")
-    add_sampling_arguments(sampling, "height", "width")
+    add_sampling_arguments(sampling, "resolution_binning", "height", "width")
 
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument("--metrics", help="comma-separated metrics (default: diversity,vendi[,fid,kid])")
@@ -212,6 +212,8 @@ def generate_argv(args: argparse.Namespace, mode: Any, prompts: Path, out: Path)
         argv.append("--overwrite")
     if args.offload:
         argv.append("--offload")
+    if args.resolution_binning:
+        argv.append("--resolution-binning")
     return argv
 
 

@@ -162,8 +162,9 @@ def call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "height": args.height,
         "width": args.width,
     }
-    if args.guidance_rescale is not None:  # only then: jobs finished before the option existed keep matching
-        kwargs["guidance_rescale"] = args.guidance_rescale
+    for name in ("guidance_rescale", "resolution_binning"):  # only when set: older finished jobs keep matching
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     return kwargs
 
 
