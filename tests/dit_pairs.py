@@ -87,6 +87,21 @@ def _pair(family, cls, base_components, distilled_components, defaults, call_kwa
 PAIRS = {"pixart": pixart_pair, "sd3": sd3_pair, "flux": flux_pair}
 
 
+def distilled_reference(pair: DitPair, prompt, seed: int, steps: int = 4, **extra):
+    """Images of the distilled model's own diffusers pipeline at the pair's settings (64 px, numpy)."""
+    return pair.distilled(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=pair.defaults.guidance_scale,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **pair.call_kwargs,
+        **extra,
+    ).images
+
+
 class BaseTransformerForFirstCalls:
     """Patch `distilled.transformer.forward` so its first k calls run the base transformer with base guidance."""
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dit_pairs import PAIRS, BaseTransformerForFirstCalls
+from dit_pairs import PAIRS, BaseTransformerForFirstCalls, distilled_reference
 from divdistill.control.apply import AdaptedPipeline
 from divdistill.control.formats import detect_format, resolve
 
@@ -67,16 +67,7 @@ def test_lora_on_both_models_equals_merged_weights_in_a_hybrid(family: str, tmp_
     reference_pair.base.transformer = merged(reference_pair.base.transformer, lora, 0.7)
     reference_pair.distilled.transformer = merged(reference_pair.distilled.transformer, lora, 0.7)
     BaseTransformerForFirstCalls(reference_pair, 1, reference_pair.defaults.base_guidance_scale, "a red circle")
-    reference = reference_pair.distilled(
-        "a red circle",
-        num_inference_steps=4,
-        guidance_scale=0.0,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-        **reference_pair.call_kwargs,
-    ).images
+    reference = distilled_reference(reference_pair, "a red circle", seed=3)
     assert _rel(ours, reference) <= 1e-4
     assert _rel(ours, without.images) > 1e-3  # the adapter changed the images
 
@@ -100,16 +91,7 @@ def test_lora_on_the_distilled_model_equals_diffusers_load_lora_weights(family: 
     reference_pair = PAIRS[family]()
     reference_pair.distilled.load_lora_weights(str(path), adapter_name="x")
     reference_pair.distilled.set_adapters(["x"], [-0.5])
-    reference = reference_pair.distilled(
-        "a red circle",
-        num_inference_steps=4,
-        guidance_scale=0.0,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(1),
-        output_type="np",
-        **reference_pair.call_kwargs,
-    ).images
+    reference = distilled_reference(reference_pair, "a red circle", seed=1)
     assert _rel(ours.images, reference) <= 1e-5
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dit_pairs import PAIRS, BaseTransformerForFirstCalls
+from dit_pairs import PAIRS, BaseTransformerForFirstCalls, distilled_reference
 from divdistill.conditioning import PromptRequest
 from divdistill.families import FluxFamily, PixArtFamily, SD3Family, family_of
 
@@ -22,20 +22,6 @@ PROMPT = "a red circle"
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
-
-def _reference(pair, prompt, steps, guidance, seed, **extra):
-    return pair.distilled(
-        prompt,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-        **pair.call_kwargs,
-        **extra,
-    ).images
 
 
 @pytest.mark.parametrize("family", sorted(PAIRS))
@@ -56,7 +42,7 @@ def test_hybrid_equals_patched_diffusers_pipeline(family: str, k: int) -> None:
         distilled_only = hybrid(PROMPT, base_steps=0, generator=torch.Generator().manual_seed(3), output_type="np")
         assert _rel(ours, distilled_only.images) > 1e-3
     patch = BaseTransformerForFirstCalls(pair, k, pair.defaults.base_guidance_scale, PROMPT) if k else None
-    reference = _reference(pair, PROMPT, 4, pair.defaults.guidance_scale, seed=3)
+    reference = distilled_reference(pair, PROMPT, seed=3)
     if patch is not None:
         assert patch.calls == 4  # one network call per step: the base ran exactly k of them
     assert ours.shape == reference.shape == (1, 64, 64, 3)
@@ -100,7 +86,7 @@ def test_flux_distilled_with_a_batch_and_several_images_per_prompt() -> None:
         generator=torch.Generator().manual_seed(1),
         output_type="np",
     ).images
-    reference = _reference(pair, ["a red circle", "a green triangle"], 4, 0.0, seed=1, num_images_per_prompt=2)
+    reference = distilled_reference(pair, ["a red circle", "a green triangle"], seed=1, num_images_per_prompt=2)
     assert _rel(ours, reference) == 0.0
 
 
