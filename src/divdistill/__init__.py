@@ -1,13 +1,34 @@
-"""divdistill: diversity and control distillation for diffusion models (Gandikota & Bau, 2025)."""
+"""divdistill: diversity and control distillation for diffusion models (Gandikota & Bau, 2025).
 
-from divdistill.defaults import SamplingDefaults
-from divdistill.families import PairMismatchError
-from divdistill.outputs import HybridPipelineOutput
-from divdistill.pipeline import HybridPipeline
-from divdistill.sampling import StepInfo, StepRecord
-from divdistill.schedule import Segment
+The public names are loaded on first use (PEP 562): `import divdistill` and `divdistill --help` stay free of
+torch and diffusers, which take seconds to import; `from divdistill import HybridPipeline` works as usual.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it (imported when the name is first looked up).
+_LAZY: dict[str, str] = {
+    "HybridPipeline": "divdistill.pipeline",
+    "HybridPipelineOutput": "divdistill.outputs",
+    "PairMismatchError": "divdistill.families",
+    "SamplingDefaults": "divdistill.defaults",
+    "Segment": "divdistill.schedule",
+    "StepInfo": "divdistill.sampling",
+    "StepRecord": "divdistill.sampling",
+}
+
+if TYPE_CHECKING:
+    from divdistill.defaults import SamplingDefaults
+    from divdistill.families import PairMismatchError
+    from divdistill.outputs import HybridPipelineOutput
+    from divdistill.pipeline import HybridPipeline
+    from divdistill.sampling import StepInfo, StepRecord
+    from divdistill.schedule import Segment
 
 __all__ = [
     "HybridPipeline",
@@ -19,3 +40,17 @@ __all__ = [
     "StepRecord",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'divdistill' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names (loaded or not) and the module's own dunders, not its helper imports."""
+    return sorted(set(__all__) | {name for name in globals() if name.startswith("__")})

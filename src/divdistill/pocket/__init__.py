@@ -14,7 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from divdistill.defaults import SamplingDefaults
-from divdistill.pocket.world import PROMPTS, parse_caption, sample_captions, sample_world
+
+#: Names of `divdistill.pocket.world` re-exported here, imported on first use: the world imports torch, and
+#: `divdistill --help` (which registers `divdistill pocket`) must not.
+_WORLD_NAMES = ("PROMPTS", "parse_caption", "sample_captions", "sample_world")
 
 #: Sampling defaults of the shipped pair (the `pocket` preset's).
 POCKET_DEFAULTS = SamplingDefaults(
@@ -68,6 +71,10 @@ def pocket_pipeline(base: str | None = None, distilled: str | None = None, devic
 
 
 def __getattr__(name: str) -> Any:
+    if name in _WORLD_NAMES:
+        from divdistill.pocket import world
+
+        return getattr(world, name)
     if name in ("load_evaluator", "adherence", "PocketEvaluator"):
         from divdistill.pocket import evaluator
 
