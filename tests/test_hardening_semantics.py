@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
+
+from divdistill.pocket.weights import has_weights
 
 HEAVY = ("torch", "diffusers", "transformers")
+POCKET = pytest.mark.skipif(not has_weights("base", "distilled"), reason="no shipped pocket weights")
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -51,3 +58,105 @@ def test_public_names_still_import_from_the_package_root() -> None:
 
     assert HybridPipeline is defined
     assert Segment("base", 1).steps == 1
+
+
+# ----------------------------------------------------------------------------------------------- segments
+def _steps(output) -> list[tuple[str, int]]:
+    return [(s.model, int(s.timestep)) for s in output.steps]
+
+
+def test_readme_flux_own_segment_is_completed_by_the_distilled_model() -> None:
+    """README: `pipe(..., segments="base:1@own")` runs dev on its own grid down to the first hand-off, then
+    schnell for the other 3 steps (it used to run one base step alone and return noise)."""
+    import torch
+
+    from dit_pairs import flux_pair
+
+    pipe = flux_pair().hybrid()
+    out = pipe("a cartoon character", segments="base:1@own", output_type="latent", generator=torch.manual_seed(0))
+    models = [model for model, _ in _steps(out)]
+    base = models.count("base")
+    assert base > 1 and models == ["base"] * base + ["distilled"] * 3
+    assert out.nfe == base + 3  # FLUX.1-dev embeds its guidance: one call per base step
+    assert out.settings["segments"] == ["base:1@own", "distilled:3"]
+    assert out.settings["segments_requested"] == ["base:1@own"]
+    spelled_out = pipe(
+        "a cartoon character", segments="base:1@own,distilled:3", output_type="latent", generator=torch.manual_seed(0)
+    )
+    assert torch.equal(out.images, spelled_out.images)
+
+
+def test_a_lone_shared_base_segment_is_completed_too() -> None:
+    import torch
+
+    from dit_pairs import sd3_pair
+
+    pipe = sd3_pair().hybrid()
+    out = pipe("a cat", segments="base:1", output_type="latent", generator=torch.manual_seed(0))
+    assert [model for model, _ in _steps(out)] == ["base", "distilled", "distilled", "distilled"]
+    hybrid = pipe("a cat", base_steps=1, output_type="latent", generator=torch.manual_seed(0))
+    assert torch.equal(out.images, hybrid.images)
+
+
+@pytest.mark.parametrize(
+    ("segments", "message"),
+    [
+        ("base:4@own", r"no hand-off.*mode='base'.*'base:4'"),  # was: the base alone for 4 own steps
+        ("base:50@own", r"covers 50 steps.*mode='base'"),  # the old spelling of "base alone"
+        ("base:1,distilled:2", r"cover 3 steps.*e\.g\. 'base:1,distilled:3'"),
+        ("distilled:1@own,distilled:3", r"drop '@own'"),
+    ],
+)
+def test_segment_lists_that_do_not_mean_what_they_say_are_refused(segments: str, message: str) -> None:
+    from dit_pairs import sd3_pair
+
+    with pytest.raises(ValueError, match=message):
+        sd3_pair().hybrid()("a cat", segments=segments, output_type="latent")
+
+
+@POCKET
+def test_pocket_cli_own_segment_runs_the_base_down_to_the_hand_off(tmp_path: Path, fresh_process_state) -> None:
+    from divdistill.cli.main import main
+
+    out = tmp_path / "o"
+    assert main(["generate", "--preset", "pocket", "--prompt", "a red circle", "--segments", "base:1@own",
+                 "--out", str(out)]) == 0  # fmt: skip
+    record = json.loads((out / "run.json").read_text())
+    steps = [(s["model"], int(s["timestep"])) for s in record["steps"]]
+    base = [t for model, t in steps if model == "base"]
+    assert steps[len(base) :] == [("distilled", 749), ("distilled", 499), ("distilled", 249)]
+    assert base[0] == 999 and len(base) > 1 and min(base) > 749  # the base's own 50-step grid down to t=749
+    assert record["nfe"] == 2 * len(base) + 3  # CFG on the base, one call per distilled step
+
+
+# ----------------------------------------------------------------------------------------------- pocket --base-steps
+@POCKET
+def test_pocket_base_steps_covering_every_step_runs_the_shared_steps() -> None:
+    """The pocket pair's default base_schedule="own" is a hand-off setting: --base-steps 4 (no hand-off) used
+    to become the base alone on 4 steps of its own grid; it now runs the 4 shared steps it names."""
+    import torch
+
+    from divdistill import HybridPipeline
+
+    pipe = HybridPipeline.from_preset("pocket")
+    out = pipe("a red circle", base_steps=4, output_type="latent", generator=torch.manual_seed(0))
+    assert _steps(out) == [("base", 999), ("base", 749), ("base", 499), ("base", 249)]
+    assert out.settings["base_schedule"] == "shared" and out.nfe == 8
+    with pytest.raises(ValueError, match="no hand-off"):
+        pipe("a red circle", base_steps=4, base_schedule="own", output_type="latent")
+    own = pipe("a red circle", base_steps=1, output_type="latent", generator=torch.manual_seed(0))
+    assert own.settings["base_schedule"] == "own" and _steps(own)[-3:] == [
+        ("distilled", 749),
+        ("distilled", 499),
+        ("distilled", 249),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- binning
+def test_resolution_binning_is_refused_outside_pixart() -> None:
+    from dit_pairs import pixart_pair, sd3_pair
+
+    with pytest.raises(ValueError, match=r"resolution_binning.*only the pixart family.*sd3"):
+        sd3_pair().hybrid()("a cat", resolution_binning=True, output_type="latent")
+    out = pixart_pair().hybrid()("a cat", resolution_binning=True, output_type="latent")
+    assert out.settings["resolution_binning"] is True

@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.defaults import SamplingDefaults
 from divdistill.denoiser import GuidedDenoiser
-from divdistill.families import PairMismatchError, family_of
+from divdistill.families import FAMILIES, PairMismatchError, family_of
 from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
 from divdistill.sampling import Stage, StepCallback, sample
-from divdistill.schedule import Segment, parse_segments, plan_segments, validate_segments
+from divdistill.schedule import Segment, complete_segments, parse_segments, plan_segments
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -211,6 +211,24 @@ class HybridPipeline:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
+        if (
+            base_schedule is None
+            and segments is None
+            and settings.mode == "hybrid"
+            and settings.base_schedule == "own"
+            and settings.base_steps >= settings.num_inference_steps - skip_first_steps
+        ):
+            # A pair's default "own" schedule (pocket's) is how its base hands off; base_steps covering every step
+            # hands off nowhere, so the base runs the shared steps asked for (it used to become the base alone
+            # on base_steps steps of its own grid: noise). An explicit base_schedule="own" there is an error.
+            settings = replace(settings, base_schedule="shared")
+        if settings.resolution_binning and not self.family.supports_resolution_binning:
+            supported = ", ".join(f.name for f in FAMILIES if f.supports_resolution_binning)
+            raise ValueError(
+                f"resolution_binning (--resolution-binning) snaps the size to the aspect-ratio bins a model was "
+                f"trained on, which only the {supported} family has; this pair is of the {self.family.name} "
+                "family and samples at the size asked. Leave it off."
+            )
             raise ValueError("prompt must be a string or a non-empty list of strings.")
         negatives = _broadcast_negative(negative_prompt, len(prompts))
         height = settings.height or self.family.default_size(self.distilled)
@@ -223,7 +241,8 @@ class HybridPipeline:
         device = self.device
         batch = len(prompts) * num_images_per_prompt
         shape = self.family.latent_shape(self.distilled, batch, sample_height, sample_width)
-        stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape)
+        stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape, alone)
+        alone = segments is None and settings.mode == "base"
         self._activate("text")
         request = PromptRequest(
             prompts,
@@ -294,6 +313,7 @@ class HybridPipeline:
                 "timesteps": list(settings.timesteps) if settings.timesteps else None,
                 "base_steps": settings.base_steps,
                 "base_schedule": settings.base_schedule,
+                **({"segments_requested": requested} if (requested := _requested(segments, plan)) else {}),
                 "base_num_inference_steps": settings.base_num_inference_steps,
                 "guidance_scale": settings.guidance_scale,
                 "base_guidance_scale": settings.base_guidance_scale,
@@ -323,6 +343,7 @@ class HybridPipeline:
             raise ValueError(f"skip_first_steps must be in [0, {settings.num_inference_steps - 1}], got {skip}.")
         if segments is None:
             plan = plan_segments(
+        """The run's segments: planned from the mode, or the given ones completed (see `complete_segments`)."""
                 settings.mode,
                 settings.num_inference_steps - skip,
                 settings.base_steps,
@@ -331,17 +352,19 @@ class HybridPipeline:
             )
         else:
             plan = parse_segments(segments) if isinstance(segments, str) else tuple(segments)
-        validate_segments(plan, settings.num_inference_steps - skip)
-        return plan
+        return complete_segments(plan, settings.num_inference_steps - skip)
+            if settings.mode == "base":  # the base alone: its own step count, not a part of the shared schedule
+                return plan
 
     def _guidance(self, plan: tuple[Segment, ...], settings: SamplingDefaults) -> list[float]:
         default = {"base": settings.base_guidance_scale, "distilled": settings.guidance_scale}
         return [s.guidance_scale if s.guidance_scale is not None else default[s.model] for s in plan]
 
-    def _schedule_stages(self, plan, settings, timesteps, skip, device, shape):
-        """(model, scheduler, timesteps, guidance) per segment; no network runs here."""
+    def _schedule_stages(self, plan, settings, timesteps, skip, device, shape, alone: bool = False):
+        """(model, scheduler, timesteps, guidance) per segment; no network runs here. `alone`: mode "base",
+        whose one segment is the base's own step count (any other own segment hands off to the distilled model)."""
         guidance = self._guidance(plan, settings)
-        if len(plan) == 1 and plan[0].own_schedule and plan[0].model == "base":
+        if alone:
             scheduler = fresh_scheduler(self.base.scheduler)
             own = self.family.set_schedule(self.base, scheduler, plan[0].steps, None, device, shape)
             if hasattr(scheduler, "set_begin_index"):
@@ -404,6 +427,14 @@ def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:
     if negative_prompt is None:
         return None
     negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
+def _requested(segments, plan: tuple[Segment, ...]) -> list[str] | None:
+    """The segments as given, when the run completed them (recorded next to the plan that ran), else None."""
+    if segments is None:
+        return None
+    given = parse_segments(segments) if isinstance(segments, str) else tuple(segments)
+    return [str(s) for s in given] if tuple(given) != tuple(plan) else None
+
+
     if len(negatives) != count:
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {count} prompts; give one per prompt.")
     return negatives

@@ -44,6 +44,9 @@ class Family(ABC):
 
     name: str
     convention: LatentConvention = VP
+    #: Whether `sampling_size` can snap to trained aspect-ratio bins (PixArt); elsewhere resolution_binning is
+    #: refused rather than recorded as on while doing nothing.
+    supports_resolution_binning: bool = False
     #: Component names of the text side; a pair shares prompts when all of them are the same objects.
     text_components: tuple[str, ...] = (
         "text_encoder",

@@ -55,6 +55,7 @@ class PixArtFamily(Family):
     """PixArt-alpha / PixArt-LCM (PixArt-delta) / PixArt-Sigma: T5 captions, DiT with adaLN-single."""
 
     name = "pixart"
+    supports_resolution_binning = True
 
     def matches(self, pipe: Any) -> bool:
         return _class_name(getattr(pipe, "transformer", None)) == "PixArtTransformer2DModel"
