@@ -207,10 +207,6 @@ class HybridPipeline:
             timesteps=tuple(int(t) for t in timesteps) if timesteps is not None else None,
             num_inference_steps=len(timesteps) if timesteps is not None else settings.num_inference_steps,
         )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
         if (
             base_schedule is None
             and segments is None
@@ -229,6 +225,10 @@ class HybridPipeline:
                 f"trained on, which only the {supported} family has; this pair is of the {self.family.name} "
                 "family and samples at the size asked. Leave it off."
             )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings.")
         negatives = _broadcast_negative(negative_prompt, len(prompts))
         height = settings.height or self.family.default_size(self.distilled)
@@ -238,11 +238,11 @@ class HybridPipeline:
         )
 
         plan = self._segments(settings, segments, skip_first_steps)
+        alone = segments is None and settings.mode == "base"
         device = self.device
         batch = len(prompts) * num_images_per_prompt
         shape = self.family.latent_shape(self.distilled, batch, sample_height, sample_width)
         stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape, alone)
-        alone = segments is None and settings.mode == "base"
         self._activate("text")
         request = PromptRequest(
             prompts,
@@ -309,11 +309,11 @@ class HybridPipeline:
             settings={
                 "mode": settings.mode,
                 "segments": [str(s) for s in plan],
+                **({"segments_requested": requested} if (requested := _requested(segments, plan)) else {}),
                 "num_inference_steps": settings.num_inference_steps,
                 "timesteps": list(settings.timesteps) if settings.timesteps else None,
                 "base_steps": settings.base_steps,
                 "base_schedule": settings.base_schedule,
-                **({"segments_requested": requested} if (requested := _requested(segments, plan)) else {}),
                 "base_num_inference_steps": settings.base_num_inference_steps,
                 "guidance_scale": settings.guidance_scale,
                 "base_guidance_scale": settings.base_guidance_scale,
@@ -339,22 +339,22 @@ class HybridPipeline:
 
     # ----------------------------------------------------------------------------------------------- parts
     def _segments(self, settings: SamplingDefaults, segments, skip: int) -> tuple[Segment, ...]:
+        """The run's segments: planned from the mode, or the given ones completed (see `complete_segments`)."""
         if skip < 0 or skip >= settings.num_inference_steps:
             raise ValueError(f"skip_first_steps must be in [0, {settings.num_inference_steps - 1}], got {skip}.")
         if segments is None:
             plan = plan_segments(
-        """The run's segments: planned from the mode, or the given ones completed (see `complete_segments`)."""
                 settings.mode,
                 settings.num_inference_steps - skip,
                 settings.base_steps,
                 settings.base_schedule,
                 settings.base_num_inference_steps,
             )
+            if settings.mode == "base":  # the base alone: its own step count, not a part of the shared schedule
+                return plan
         else:
             plan = parse_segments(segments) if isinstance(segments, str) else tuple(segments)
         return complete_segments(plan, settings.num_inference_steps - skip)
-            if settings.mode == "base":  # the base alone: its own step count, not a part of the shared schedule
-                return plan
 
     def _guidance(self, plan: tuple[Segment, ...], settings: SamplingDefaults) -> list[float]:
         default = {"base": settings.base_guidance_scale, "distilled": settings.guidance_scale}
@@ -423,10 +423,6 @@ class HybridPipeline:
         return first.convention.initial_latents(first.scheduler, latents, first.timesteps[0], skipped=skip > 0)
 
 
-def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:
-    if negative_prompt is None:
-        return None
-    negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
 def _requested(segments, plan: tuple[Segment, ...]) -> list[str] | None:
     """The segments as given, when the run completed them (recorded next to the plan that ran), else None."""
     if segments is None:
@@ -435,6 +431,10 @@ def _requested(segments, plan: tuple[Segment, ...]) -> list[str] | None:
     return [str(s) for s in given] if tuple(given) != tuple(plan) else None
 
 
+def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:
+    if negative_prompt is None:
+        return None
+    negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negatives) != count:
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {count} prompts; give one per prompt.")
     return negatives
