@@ -151,11 +151,12 @@ def test_sampling_options_reach_the_pipeline(tmp_path: Path, built: list) -> Non
     sidecar = json.loads((rescaled / "run.json").read_text())
     assert sidecar["request"]["sampling"]["guidance_rescale"] == 0.7 and sidecar["settings"]["guidance_rescale"] == 0.7
     assert "guidance_rescale" not in json.loads((tmp_path / "d" / "run.json").read_text())["request"]["sampling"]
-    binned = tmp_path / "b"
-    assert cli("generate", *base, "--resolution-binning", "--out", binned) == 0
-    assert json.loads((binned / "run.json").read_text())["settings"]["resolution_binning"] is True
-    # Settings the sampler rejects are input errors too (one line, exit 2).
-    assert cli("generate", *base, "--segments", "base:1", "--out", tmp_path / "bad") == 2
+    # A lone base segment is completed by the distilled model (base:1 = base:1,distilled:1 here).
+    assert cli("generate", *base, "--segments", "base:1", "--out", tmp_path / "b1") == 0
+    assert [model for model, *_ in steps_of(tmp_path / "b1")] == ["base", "distilled"]
+    # Settings the sampler rejects are input errors too (one line, exit 2): resolution binning is PixArt's only.
+    assert cli("generate", *base, "--resolution-binning", "--out", tmp_path / "b") == 2
+    assert cli("generate", *base, "--segments", "base:1,distilled:2", "--out", tmp_path / "bad") == 2
 
 
 def test_rerun_skips_finished_and_refuses_other_settings_without_overwrite(
@@ -453,10 +454,10 @@ def test_default_builder_passes_model_arguments_to_the_loaders(
     hub = str(tmp_path / "hub")
     device = torch.device("cpu")
     assert seen == [
-        ("preset", "sdxl-dmd2", {"torch_dtype": torch.float32, "device": device, "cache_dir": hub,
+        ("preset", "sdxl-dmd2", {"dtype": torch.float32, "device": device, "cache_dir": hub,
                                  "num_inference_steps": 2}),
         ("pair", ("org/base", "org/fast"), {"distilled_unet": "unet.bin", "scheduler": "lcm",
-                                            "torch_dtype": torch.bfloat16, "device": device, "cache_dir": hub}),
+                                            "dtype": torch.bfloat16, "device": device, "cache_dir": hub}),
     ]  # fmt: skip
     capsys.readouterr()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -160,3 +161,77 @@ def test_resolution_binning_is_refused_outside_pixart() -> None:
         sd3_pair().hybrid()("a cat", resolution_binning=True, output_type="latent")
     out = pixart_pair().hybrid()("a cat", resolution_binning=True, output_type="latent")
     assert out.settings["resolution_binning"] is True
+
+
+# ----------------------------------------------------------------------------------------------- noise
+NOISE = (
+    "custom timestep schedule",  # LCMScheduler, per image
+    "config attributes",  # a scheduler built from another class's config
+    "torch_dtype",  # diffusers' FutureWarning when the library passed torch_dtype
+    "FutureWarning",
+    "torchvision",  # transformers' image-processor fallback notice
+    "safety checker",  # StableDiffusionPipeline built without requires_safety_checker
+)
+
+
+@POCKET
+def test_a_pocket_generate_run_prints_no_library_noise(tmp_path: Path) -> None:
+    command = ["generate", "--preset", "pocket", "--prompt", "a red circle", "-n", "2", "--out", str(tmp_path / "o")]
+    result = subprocess.run(
+        [sys.executable, "-m", "divdistill.cli.main", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    noisy = [line for line in result.stderr.replace("\r", "\n").splitlines() if any(n in line for n in NOISE)]
+    assert not noisy, noisy
+
+
+@POCKET
+def test_dtype_is_the_loaders_name_and_torch_dtype_a_deprecated_alias() -> None:
+    import warnings
+
+    import torch
+
+    from divdistill import HybridPipeline
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = HybridPipeline.from_preset("pocket", dtype=torch.float32)
+    assert pipe.family.network(pipe.distilled).dtype == torch.float32
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+    with pytest.warns(FutureWarning, match="pass dtype= instead") as record:
+        HybridPipeline.from_preset("pocket", torch_dtype=torch.float32)
+    ours = [w for w in record if "dtype" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__  # ours, pointing at this line; not diffusers'
+    with pytest.raises(TypeError, match="give dtype= only"):
+        HybridPipeline.from_preset("pocket", dtype=torch.float32, torch_dtype=torch.float16)
+
+
+def test_custom_timestep_notice_once_for_chosen_timesteps_never_for_published_ones() -> None:
+    """LCM warns on every set_timesteps off its distillation grid: silent for the pair's published timesteps
+    (every image of every run), once per distinct schedule for timesteps the caller chose."""
+    import logging
+
+    from divdistill import HybridPipeline
+    from divdistill.defaults import SamplingDefaults
+    from pairs import sd_pair
+
+    pipe = HybridPipeline(*sd_pair("lcm"), defaults=SamplingDefaults(timesteps=(999, 749, 499, 249)))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("diffusers.schedulers.scheduling_lcm")
+    logger.addHandler(handler)
+    try:
+        for _ in range(2):
+            pipe("a cat", height=64, width=64, output_type="latent")
+        assert not records
+        for _ in range(3):
+            pipe("a cat", height=64, width=64, output_type="latent", timesteps=[999, 750, 500, 250])
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 1 and "custom timestep schedule" in records[0].getMessage()

@@ -7,7 +7,11 @@ and how to fetch it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +43,65 @@ def _fetch_hint(repo: str, filename: str | None) -> str:
     )
 
 
+@functools.cache
+def _diffusers_takes_dtype() -> bool:
+    """Whether diffusers' from_pretrained takes `dtype` (0.42 added it and deprecates `torch_dtype`)."""
+    import diffusers
+    from diffusers.utils import deprecation_utils
+    from packaging.version import Version
+
+    return hasattr(deprecation_utils, "_resolve_dtype") or Version(diffusers.__version__).major >= 1
+
+
+def diffusers_dtype(dtype: torch.dtype | None) -> dict[str, Any]:
+    """The dtype keyword for a diffusers `from_pretrained`: `dtype` where diffusers has it (passing `torch_dtype`
+    there prints a FutureWarning on every load), `torch_dtype` on the older releases pyproject allows."""
+    if dtype is None:
+        return {}
+    return {"dtype": dtype} if _diffusers_takes_dtype() else {"torch_dtype": dtype}
+
+
+def _dtype_argument(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
+    """`dtype`, or `torch_dtype`: its deprecated alias (diffusers' old name), with a FutureWarning that points at
+    the caller's line outside divdistill."""
+    if torch_dtype is None:
+        return dtype
+    if dtype is not None and dtype != torch_dtype:
+        raise TypeError(f"got dtype={dtype} and torch_dtype={torch_dtype}; give dtype= only (torch_dtype is its alias)")
+    level, frame, package = 1, sys._getframe(0), str(Path(__file__).parent)
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        "torch_dtype= is deprecated (as in diffusers); pass dtype= instead", FutureWarning, stacklevel=level
+    )
+    return torch_dtype
+
+
+def _assemble(pipeline_class: Any, base: Any, components: dict[str, Any]) -> Any:
+    """`pipeline_class(**components)` with the base's `requires_safety_checker` (a config, not a component:
+    without it StableDiffusionPipeline warns on every load that a checker the base never had is disabled)."""
+    extra = {}
+    if "requires_safety_checker" in inspect.signature(pipeline_class.__init__).parameters:
+        has_checker = components.get("safety_checker") is not None
+        extra["requires_safety_checker"] = bool(base.config.get("requires_safety_checker", has_checker))
+    return pipeline_class(**components, **extra)
+
+
 def make_scheduler(name: str, base_config: Any, overrides: dict[str, Any] | None = None) -> Any:
-    """A scheduler by short name, built on the base model's training schedule (betas, prediction type)."""
+    """A scheduler by short name, built on the base model's training schedule (betas, prediction type).
+
+    Only the settings the scheduler takes are passed: a base config of another class (e.g. SDXL's with PNDM's
+    `skip_prk_steps`) would otherwise make diffusers warn that they are ignored, which they are anyway.
+    """
     import diffusers
 
     if name not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}.")
     class_name, defaults = SCHEDULERS[name]
     cls = getattr(diffusers, class_name)
-    return cls.from_config(base_config, **{**defaults, **(overrides or {})})
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    config = {key: value for key, value in dict(base_config).items() if key in accepted or key.startswith("_")}
+    return cls.from_config(config, **{**defaults, **(overrides or {})})
 
 
 #: diffusers pipeline and denoising-network classes per family.
@@ -138,16 +192,16 @@ def unet_from_state_dict(config: Any, state: dict[str, torch.Tensor], source: st
     return unet.eval()
 
 
-def load_distilled_network(preset: Preset, base: Any, num_inference_steps: int | None, cache_dir, torch_dtype):
+def load_distilled_network(preset: Preset, base: Any, num_inference_steps: int | None, cache_dir, dtype):
     """The preset's distilled UNet or transformer, from a raw file, a subfolder or a repo root."""
     _, network_class = _family_classes(preset.family)
     filename = preset.unet_file(num_inference_steps)
     if filename is not None:
         path = resolve_file(preset.distilled_repo, filename, cache_dir)
         state = load_state_dict_file(path)
-        dtype = torch_dtype or base.unet.dtype
-        return unet_from_state_dict(base.unet.config, state, f"{preset.distilled_repo}/{filename}", dtype)
-    kwargs: dict[str, Any] = {"cache_dir": cache_dir, "torch_dtype": torch_dtype}
+        source = f"{preset.distilled_repo}/{filename}"
+        return unet_from_state_dict(base.unet.config, state, source, dtype or base.unet.dtype)
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir, **diffusers_dtype(dtype)}
     if preset.network_subfolder:
         kwargs["subfolder"] = preset.network_subfolder
     what = f"distilled {network_component(preset.family)}"
@@ -169,27 +223,32 @@ def load_repo_scheduler(repo: str, cache_dir: str | None) -> Any:
 
 def load_preset(
     name: str,
-    torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     cache_dir: str | None = None,
     num_inference_steps: int | None = None,
     variant: str | None = None,
+    torch_dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> HybridPipeline:
-    """HybridPipeline for a named preset; `overrides` replace sampling defaults (e.g. base_guidance_scale=0)."""
+    """HybridPipeline for a named preset; `overrides` replace sampling defaults (e.g. base_guidance_scale=0).
+
+    `dtype` is the weights' dtype (`torch_dtype`, diffusers' old name, still works with a FutureWarning).
+    """
+    dtype = _dtype_argument(dtype, torch_dtype)
     preset = get_preset(name)
     pipeline_class, _ = _family_classes(preset.family)
-    base_kwargs: dict[str, Any] = {"cache_dir": cache_dir, "torch_dtype": torch_dtype}
+    base_kwargs: dict[str, Any] = {"cache_dir": cache_dir, **diffusers_dtype(dtype)}
     if variant:
         base_kwargs["variant"] = variant
     base = _from_pretrained(pipeline_class.from_pretrained, preset.base_repo, "base pipeline", **base_kwargs)
-    network = load_distilled_network(preset, base, num_inference_steps, cache_dir, torch_dtype)
+    network = load_distilled_network(preset, base, num_inference_steps, cache_dir, dtype)
     if preset.scheduler == "repo":
         scheduler = load_repo_scheduler(preset.distilled_repo, cache_dir)
     else:
         scheduler = make_scheduler(preset.scheduler, base.scheduler.config, preset.scheduler_overrides)
     components = {**base.components, network_component(preset.family): network, "scheduler": scheduler}
-    distilled = pipeline_class(**components)
+    distilled = _assemble(pipeline_class, base, components)
     defaults = preset.defaults.updated(num_inference_steps=num_inference_steps, **overrides)
     pipe = HybridPipeline(base, distilled, defaults=defaults, name=name)
     if device is not None:
@@ -202,11 +261,12 @@ def load_pair(
     distilled: str,
     distilled_unet: str | None = None,
     scheduler: str | None = None,
-    torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     cache_dir: str | None = None,
     defaults: SamplingDefaults | None = None,
     share_encoders: bool = True,
+    torch_dtype: torch.dtype | None = None,
 ) -> HybridPipeline:
     """Any pair from paths or repo ids.
 
@@ -215,21 +275,24 @@ def load_pair(
     repo/folder holding a raw UNet state-dict file for the base UNet config. A full distilled pipeline gets
     the base's text encoders, tokenizers and VAE when `share_encoders` (distilled models are trained with
     them frozen; this loads a T5-XXL once and encodes prompts once). `scheduler` (see SCHEDULERS) replaces
-    the distilled pipeline's scheduler; without one, a UNet-only distilled model gets LCM.
+    the distilled pipeline's scheduler; without one, a UNet-only distilled model gets LCM. `dtype` is the
+    weights' dtype (`torch_dtype`, diffusers' old name, still works with a FutureWarning).
     """
     from diffusers import DiffusionPipeline
 
+    dtype = _dtype_argument(dtype, torch_dtype)
+
     base_pipe = _from_pretrained(
-        DiffusionPipeline.from_pretrained, base, "base pipeline", cache_dir=cache_dir, torch_dtype=torch_dtype
+        DiffusionPipeline.from_pretrained, base, "base pipeline", cache_dir=cache_dir, **diffusers_dtype(dtype)
     )
     pipeline_class = type(base_pipe)
     component = "transformer" if getattr(base_pipe, "transformer", None) is not None else "unet"
     if distilled_unet is not None:
         path = resolve_file(distilled, distilled_unet, cache_dir)
         unet = unet_from_state_dict(
-            base_pipe.unet.config, load_state_dict_file(path), str(path), torch_dtype or base_pipe.unet.dtype
+            base_pipe.unet.config, load_state_dict_file(path), str(path), dtype or base_pipe.unet.dtype
         )
-        distilled_pipe = pipeline_class(**{**base_pipe.components, "unet": unet})
+        distilled_pipe = _assemble(pipeline_class, base_pipe, {**base_pipe.components, "unet": unet})
     elif _is_pipeline(distilled, cache_dir):
         shared = {}
         if share_encoders:
@@ -240,7 +303,7 @@ def load_pair(
             distilled,
             "distilled pipeline",
             cache_dir=cache_dir,
-            torch_dtype=torch_dtype,
+            **diffusers_dtype(dtype),
             **shared,
         )
     else:
@@ -251,10 +314,10 @@ def load_pair(
             distilled,
             f"distilled {component}",
             cache_dir=cache_dir,
-            torch_dtype=torch_dtype,
             subfolder=subfolder,
+            **diffusers_dtype(dtype),
         )
-        distilled_pipe = pipeline_class(**{**base_pipe.components, component: network})
+        distilled_pipe = _assemble(pipeline_class, base_pipe, {**base_pipe.components, component: network})
         if component == "unet":
             scheduler = scheduler or "lcm"
     if scheduler is not None:

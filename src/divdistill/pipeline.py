@@ -17,6 +17,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from divdistill import quiet
 from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.defaults import SamplingDefaults
 from divdistill.denoiser import GuidedDenoiser
@@ -25,6 +26,8 @@ from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
 from divdistill.sampling import Stage, StepCallback, sample
 from divdistill.schedule import Segment, complete_segments, parse_segments, plan_segments
+
+quiet.install()  # known-harmless diffusers/transformers notices, filtered narrowly (see divdistill.quiet)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -200,6 +203,7 @@ class HybridPipeline:
             height=height,
             width=width,
         )
+        published = timesteps is None  # the pair's own timesteps: LCM's "custom timestep" notice says nothing
         if timesteps is None and settings.timesteps and len(settings.timesteps) == settings.num_inference_steps:
             timesteps = settings.timesteps
         settings = replace(
@@ -242,7 +246,8 @@ class HybridPipeline:
         device = self.device
         batch = len(prompts) * num_images_per_prompt
         shape = self.family.latent_shape(self.distilled, batch, sample_height, sample_width)
-        stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape, alone)
+        with quiet.published_timesteps(published):
+            stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape, alone)
         self._activate("text")
         request = PromptRequest(
             prompts,

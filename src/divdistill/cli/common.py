@@ -214,7 +214,7 @@ def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
     place = None if offload else device
     if args.preset:
         pipe = HybridPipeline.from_preset(
-            args.preset, torch_dtype=dtype, device=place, cache_dir=args.cache_dir, num_inference_steps=args.steps
+            args.preset, dtype=dtype, device=place, cache_dir=args.cache_dir, num_inference_steps=args.steps
         )
     else:
         pipe = HybridPipeline.from_pretrained(
@@ -222,7 +222,7 @@ def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
             args.distilled,
             distilled_unet=args.distilled_unet,
             scheduler=args.scheduler,
-            torch_dtype=dtype,
+            dtype=dtype,
             device=place,
             cache_dir=args.cache_dir,
         )

@@ -218,9 +218,10 @@ def resolve_device(name: str | None) -> torch.device:
 def load_preview_decoder(source: str, device: torch.device, dtype: torch.dtype, cache_dir: str | None):
     from diffusers import AutoencoderTiny
 
+    from divdistill.loading import diffusers_dtype
     from divdistill.trajectory.decode import autoencoder_decoder
 
-    vae = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, cache_dir=cache_dir).to(device)
+    vae = AutoencoderTiny.from_pretrained(source, cache_dir=cache_dir, **diffusers_dtype(dtype)).to(device)
     return autoencoder_decoder(vae.eval())
 
 
