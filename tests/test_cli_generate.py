@@ -268,7 +268,7 @@ def test_bad_prompt_files_are_one_line_errors(
         read_prompts_csv(path)
     assert cli("generate", *MODEL, "--prompts", path, "--out", tmp_path / "out") == 2
     line = error_line(capsys)
-    assert line.startswith("divdistill generate: error:") and message in line
+    assert line.startswith("divdistill: error:") and message in line
     assert not built and not (tmp_path / "out").exists()
 
 

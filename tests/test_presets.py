@@ -100,7 +100,8 @@ def test_missing_weights_name_repo_file_and_remedy(offline_hub, tmp_path) -> Non
     cache = tmp_path / "hub"
     shutil.copytree(offline_hub, cache, symlinks=True)
     shutil.rmtree(cache / "models--tianweiy--DMD2")
-    with pytest.raises(WeightsNotFoundError, match=r"dmd2_sdxl_4step_unet_fp16.bin.*tianweiy/DMD2.*huggingface-cli"):
+    wanted = r"tianweiy/DMD2: no dmd2_sdxl_4step_unet_fp16.bin.*`hf download tianweiy/DMD2 dmd2_sdxl_4step_unet_fp16"
+    with pytest.raises(WeightsNotFoundError, match=wanted):
         HybridPipeline.from_preset("sdxl-dmd2", cache_dir=str(cache))
     with pytest.raises(ValueError, match="Unknown preset 'sdxl-dmd3'; choose one of: sdxl-dmd2"):
         HybridPipeline.from_preset("sdxl-dmd3", cache_dir=str(cache))

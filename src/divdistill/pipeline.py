@@ -21,6 +21,7 @@ from divdistill import quiet
 from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.defaults import SamplingDefaults
 from divdistill.denoiser import GuidedDenoiser
+from divdistill.devices import check_device
 from divdistill.families import FAMILIES, PairMismatchError, family_of
 from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
@@ -86,7 +87,10 @@ class HybridPipeline:
 
     # ----------------------------------------------------------------------------------------------- devices
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> HybridPipeline:
-        """Move both pipelines (this ends model CPU offload)."""
+        """Move both pipelines (this ends model CPU offload); a device this machine lacks is a
+        `divdistill.devices.DeviceUnavailableError` (ValueError) before anything moves."""
+        if device is not None:
+            device = check_device(device)
         self.offload = None
         for pipe in self.pipelines():
             pipe.to(device=device, dtype=dtype)
@@ -102,7 +106,7 @@ class HybridPipeline:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")
         text = [getattr(pipe, n, None) for pipe in self.pipelines() for n in names]
         self.offload = SequentialOffload(
-            torch.device(device),
+            check_device(device),
             {
                 "text": text,
                 "base": [self.family.network(self.base)],

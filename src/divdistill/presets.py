@@ -46,6 +46,9 @@ class Preset:
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     dtype: str = "float16"  # on a GPU; SD3 and FLUX overflow in float16 (T5-XXL, attention), so bfloat16
+    #: Repos of the pair behind a licence gate on the Hub: a missing-weights error then says to accept the
+    #: licence and log in (`hf auth login`), the step a download alone would not fix.
+    gated: tuple[str, ...] = ()
 
     def unet_file(self, num_inference_steps: int | None) -> str | None:
         """The weight file for a step count (Lightning publishes one per count)."""
@@ -77,6 +80,7 @@ class Preset:
             "resolution": d.height,
             "mode": d.mode,
             "dtype": self.dtype,
+            "gated": list(self.gated) or None,
             "description": self.description,
         }
 
@@ -198,6 +202,7 @@ PRESETS: dict[str, Preset] = {
             base_repo=SD35_LARGE,
             distilled_repo="stabilityai/stable-diffusion-3.5-large-turbo",
             dtype="bfloat16",
+            gated=(SD35_LARGE, "stabilityai/stable-diffusion-3.5-large-turbo"),
             network_subfolder="transformer",
             scheduler="repo",
             defaults=SamplingDefaults(
@@ -209,7 +214,7 @@ PRESETS: dict[str, Preset] = {
                 width=1024,
                 max_sequence_length=256,
             ),
-            notes="Gated repos: accept the license on the Hub and `huggingface-cli login` first.",
+            notes="Gated repos: accept the licence on the Hub and run `hf auth login` first.",
         ),
         Preset(
             name="flux-schnell",
@@ -218,6 +223,7 @@ PRESETS: dict[str, Preset] = {
             base_repo=FLUX_DEV,
             distilled_repo="black-forest-labs/FLUX.1-schnell",
             dtype="bfloat16",
+            gated=(FLUX_DEV,),
             network_subfolder="transformer",
             scheduler="repo",
             defaults=SamplingDefaults(
@@ -230,7 +236,7 @@ PRESETS: dict[str, Preset] = {
                 max_sequence_length=256,
             ),
             notes=(
-                "FLUX.1-dev is gated (accept its license, `huggingface-cli login`). Its guidance is an input "
+                "FLUX.1-dev is gated (accept its licence, `hf auth login`). Its guidance is an input "
                 "embedding, so a base step costs one network call; schnell takes prompts of up to 256 tokens."
             ),
         ),

@@ -7,7 +7,9 @@ Nothing here imports torch at module level: parsing arguments stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from divdistill.cli import CLIError
@@ -40,6 +42,18 @@ def non_negative_int(text: str) -> int:
     value = integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def seed_number(text: str) -> int:
+    """A seed torch.Generator.manual_seed takes: an integer from 0 to 2**64 - 1 (`divdistill.jobs.MAX_SEED`)."""
+    from divdistill.jobs import MAX_SEED
+
+    value = integer(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"seed {value} is out of range (seeds run from 0 to 2**64 - 1 = {MAX_SEED}); give a seed in that range"
+        )
     return value
 
 
@@ -175,6 +189,22 @@ def check_model_arguments(args: argparse.Namespace, known_preset: bool = False) 
 def check_timesteps(args: argparse.Namespace) -> None:
     if args.timesteps is not None and args.steps is not None and len(args.timesteps) != args.steps:
         raise CLIError(f"--steps {args.steps} does not match the {len(args.timesteps)} --timesteps given")
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be made, before any model loads (not minutes later at the first
+    write, as `[Errno 17] File exists`): `path`, or the nearest of its parents that exists, must be a writable
+    folder. Each part of the path on the way that exists must be a folder."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            where = str(folder) if folder == path else f"{folder}, in the path {path}"
+            raise CLIError(f"{flag} is a file, not a folder ({where}); give a folder path (it is made if missing)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CLIError(f"{flag} cannot be written ({folder} is not writable); give another folder")
+        return
 
 
 # ----------------------------------------------------------------------------------------------- the model

@@ -34,6 +34,7 @@ from divdistill.cli.common import (
     add_model_arguments,
     add_sampling_arguments,
     check_model_arguments,
+    check_output_folder,
     comma_separated,
     positive_int,
     resolve_dtype,
@@ -43,7 +44,10 @@ MODELS = ("base", "distilled", "hybrid")
 
 
 def _scales(text: str) -> list[float]:
-    return comma_separated(text, float, "numbers", "scales")
+    """'-2,-1,0,1,2' -> the scales, each finite with |scale| <= 100 (as every adapter scale)."""
+    from divdistill.adapter_spec import check_adapter_scale
+
+    return [check_adapter_scale(s, f"--scales {text}") for s in comma_separated(text, float, "numbers", "scales")]
 
 
 def _seeds(text: str) -> list[int]:
@@ -60,14 +64,10 @@ def add_pair_arguments(parser: argparse.ArgumentParser, auto_dtype: str = "float
 
 def load_pair(args: argparse.Namespace, auto_dtype: str = "float16") -> tuple[Any, Any]:
     """(HybridPipeline, device) as `divdistill generate` builds it (tests replace generate.build_pipeline)."""
-    import torch
-
     from divdistill.cli import generate
+    from divdistill.devices import resolve_device
 
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as error:
-        raise CLIError(f"bad --device {args.device!r}: {error}") from None
+    device = resolve_device(args.device, mps=False)  # checked: a missing device fails before loading
     _, dtype = resolve_dtype(args.dtype, device, auto_dtype, args.preset)
     if not hasattr(args, "steps"):
         args.steps = None
@@ -133,16 +133,19 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def run_control_eval(args: argparse.Namespace) -> int:
     from divdistill.control.evaluate import evaluate_control, get_scorer, write_control_report
     from divdistill.control.formats import read_lora
+    from divdistill.devices import resolve_device
     from divdistill.metrics.embedders import BackendUnavailable
 
     check_model_arguments(args)
+    check_output_folder(args.out)
+    resolve_device(args.device, mps=False)  # a missing --device fails before the scorer and the pair load
     prompts = read_prompts(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         raise CLIError(f"--models: choose from {', '.join(MODELS)} (got {args.models!r})")
     if not Path(args.adapter).exists():
-        raise CLIError(f"--adapter: no file {args.adapter!r}")
+        raise CLIError(f"no adapter file ({args.adapter}, --adapter); check the path")
     lora = read_lora(args.adapter)
     concept = args.concept or lora.info.get("concept")
     if not concept:

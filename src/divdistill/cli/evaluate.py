@@ -47,11 +47,14 @@ from divdistill.cli.common import (
     add_device_arguments,
     add_model_arguments,
     add_sampling_arguments,
+    check_output_folder,
     check_pair_arguments,
     non_negative_int,
     positive_int,
+    seed_number,
 )
 from divdistill.images import atomic_write
+from divdistill.jobs import check_seed_range
 
 
 def _level(text: str) -> float:
@@ -82,7 +85,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     what.add_argument("--modes", default="base,distilled,hybrid",
                       help="comma-separated mode specs (default: base,distilled,hybrid)")  # fmt: skip
     what.add_argument("--seeds-per-prompt", type=positive_int, default=16, help="images per prompt (default 16)")
-    what.add_argument("--seed", type=int, default=0, help="first seed where the CSV has no evaluation_seed")
+    what.add_argument("--seed", type=seed_number, default=0, help="first seed where the CSV has no evaluation_seed")
 
     add_model_arguments(parser, "model (as generate): --preset, or --base and --distilled")
 
@@ -119,6 +122,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------------------------- checks
 def check_args(args: argparse.Namespace) -> None:
+    check_output_folder(args.out)
     if args.images:
         given = [f"--{n.replace('_', '-')}" for n in ("prompts", "prompt", "preset", "base", "distilled")
                  if getattr(args, n)]  # fmt: skip
@@ -137,6 +141,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.no_generate:
         return
     check_pair_arguments(args, hint=" (or --images DIR ...)")
+    try:  # every mode's images get seeds seed .. seed + seeds_per_prompt - 1 (a CSV's rows: their own seed)
+        check_seed_range(args.seed, args.seeds_per_prompt, f"--seed {args.seed} with --seeds-per-prompt")
+    except ValueError as error:
+        raise CLIError(str(error)) from None
 
 
 def parse_backends(specs: list[str], device: Any = None) -> dict[str, Any]:

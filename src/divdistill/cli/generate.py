@@ -54,14 +54,25 @@ from divdistill.cli.common import (
     add_sampling_arguments,
     build_pipeline,  # looked up here by every command that loads a pair: tests replace it
     check_model_arguments,
+    check_output_folder,
     check_timesteps,
     model_request,
     non_negative_int,
     positive_int,
     resolve_dtype,
+    seed_number,
 )
 from divdistill.images import contact_sheet, remove_stale_temps, save_image_atomic, write_json_atomic
-from divdistill.jobs import SIDECAR, Job, JobError, job_status, read_prompts_csv, read_sidecar, shard
+from divdistill.jobs import (
+    SIDECAR,
+    Job,
+    JobError,
+    check_seed_range,
+    job_status,
+    read_prompts_csv,
+    read_sidecar,
+    shard,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +100,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     prompts.add_argument("--negative-prompt", help="negative prompt (used where guidance runs)")
     prompts.add_argument("-n", "--num-images", type=positive_int, default=1, help="images per prompt (default 1)")
-    prompts.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0); image i: seed+i")
+    prompts.add_argument("--seed", type=seed_number, default=0,
+                         help="seed of the first image (default 0); image i: seed+i, at most 2**64 - 1")  # fmt: skip
 
     sampling = parser.add_argument_group("sampling (unset: the pair's defaults)")
     sampling.add_argument("--mode", choices=MODES, help="hybrid (default), base, distilled or reverse")
@@ -126,6 +138,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.prompt is not None and not args.prompt.strip():
         raise CLIError("--prompt is empty")
     check_model_arguments(args, known_preset=True)
+    check_output_folder(args.out)
     if args.segments is not None:
         given = [
             f"--{name.replace('_', '-')}"
@@ -138,11 +151,21 @@ def check_args(args: argparse.Namespace) -> None:
 
         parse_segments(args.segments)
     check_timesteps(args)
+    if args.prompt is not None:  # a CSV's rows are checked with their own seeds (Job.seeds)
+        try:
+            check_seed_range(args.seed, args.num_images, f"--seed {args.seed} with -n {args.num_images}")
+        except JobError as error:
+            raise CLIError(str(error)) from None
     if not args.lora and (args.lora_on is not None or args.lora_start is not None):
         raise CLIError("--lora-on and --lora-start go with --lora FILE[:SCALE]")
     for path, _ in args.lora or []:
         if not Path(path).exists():
-            raise CLIError(f"--lora: no adapter file {path!r}")
+            raise CLIError(f"no adapter file ({path}, --lora); check the path, and write FILE[:SCALE]")
+    if args.lora:  # a file that does not read fails now, not after the model has loaded
+        from divdistill.control.formats import check_adapter_file
+
+        for path, _ in args.lora:
+            check_adapter_file(path)
 
 
 def call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,10 +222,9 @@ def process_state(device_arg: str | None) -> Any:
     from accelerate import PartialState
 
     if device_arg is not None:
-        try:
-            cpu = torch.device(device_arg).type == "cpu"
-        except RuntimeError as error:
-            raise CLIError(f"bad --device {device_arg!r}: {error}") from None
+        from divdistill.devices import check_device
+
+        cpu = check_device(device_arg).type == "cpu"  # a missing device fails here, before any model loads
     else:
         mps = getattr(torch.backends, "mps", None)
         cpu = not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
@@ -211,11 +233,14 @@ def process_state(device_arg: str | None) -> Any:
 
 
 def resolve_device(device_arg: str | None, state: Any) -> torch.device:
-    """--device, else the process's device; a bare 'cuda' under a multi-process launch means this process's GPU."""
+    """--device (checked: see `divdistill.devices.check_device`), else the process's device; a bare 'cuda' under a
+    multi-process launch means this process's GPU."""
     import torch
 
+    from divdistill.devices import check_device
+
     state_device = torch.device(state.device)
-    device = state_device if device_arg is None else torch.device(device_arg)
+    device = state_device if device_arg is None else check_device(device_arg)
     if device.index is None and device.type == state_device.type and state.num_processes > 1:
         device = state_device
     return torch.device("cpu") if device.type == "cpu" else device
@@ -421,6 +446,9 @@ def run_generate(args: argparse.Namespace, build: Any = None) -> int:
         except JobError as error:
             raise CLIError(str(error)) from None
         runs = [plan_job(job, out / job.id, args) for job in jobs]
+        blocked = next((run.folder for run in runs if run.folder.exists() and not run.folder.is_dir()), None)
+        if blocked is not None:
+            raise CLIError(f"a job's output folder is a file ({blocked}); move it away or use another --out")
     else:
         runs = [plan_job(Job(id="prompt", prompt=args.prompt), out, args)]
 

@@ -1,8 +1,12 @@
 """The `divdistill` command: `divdistill generate|eval|trace|slider|control ...`, `divdistill presets`.
 
 Bad input (unknown preset, missing or conflicting options, a bad CSV, settings the sampler rejects, weights
-that cannot be found) prints one line on stderr and exits with code 2; `divdistill --traceback ...` shows the
-full traceback instead.
+that cannot be found, a device this machine lacks) prints one line on stderr,
+
+    divdistill: error: <what> (<where>); <what to do>
+
+and exits with code 2; other I/O failures print the same line and exit with code 1. `divdistill --traceback ...`
+shows the full traceback instead. Anything else is a bug and raises.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ from typing import Any
 from divdistill.cli import CLIError, control, demo, evaluate, generate, slider, trace
 from divdistill.pocket import cli as pocket_cli
 
+PREFIX = "divdistill: error:"  # every error line starts so, whichever command raised it
+
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line (exit code 2) instead of the whole usage text."""
+    """argparse that reports usage errors as one line (exit code 2) instead of the whole usage text, in the
+    format of every other error (`main`): the command is the where, its --help the what to do."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        if "; " not in message:  # argparse's own messages say neither where nor what to do
+            message = f"{message} ({self.prog}); see `{self.prog} --help`"
+        self.exit(2, f"{PREFIX} {message}\n")
 
 
 def build_parser() -> ArgumentParser:
@@ -113,13 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"divdistill {args.command}: interrupted", file=sys.stderr)
+        print(f"divdistill: interrupted (divdistill {args.command})", file=sys.stderr)
         return 130
     except Exception as error:
         code = _exit_code(error)
         if code is None or args.traceback:
             raise
-        print(f"divdistill {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{PREFIX} {_one_line(error)}", file=sys.stderr)
         return code
 
 

@@ -39,6 +39,7 @@ from divdistill.cli.common import (
     add_model_arguments,
     add_sampling_arguments,
     check_model_arguments,
+    check_output_folder,
     check_timesteps,
     model_request,
     positive_int,
@@ -74,6 +75,13 @@ def parse_seeds(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"bad seeds {text!r}: use e.g. 0-7 or 0,3,5-6") from None
     if not seeds:
         raise argparse.ArgumentTypeError("no seeds given")
+    from divdistill.jobs import MAX_SEED
+
+    outside = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if outside:  # what torch.Generator.manual_seed takes
+        raise argparse.ArgumentTypeError(
+            f"seed {outside[0]} is out of range (seeds run from 0 to 2**64 - 1 = {MAX_SEED}); give seeds in that range"
+        )
     return seeds
 
 
@@ -194,6 +202,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError("--prompt is empty")
     check_model_arguments(args, known_preset=True)
     check_timesteps(args)
+    check_output_folder(args.out)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -205,14 +214,10 @@ def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
 
 
 def resolve_device(name: str | None) -> torch.device:
-    import torch
+    """--device, checked before anything loads (see `divdistill.devices`); unset: cuda, else mps, else cpu."""
+    from divdistill import devices
 
-    if name is not None:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    return devices.resolve_device(name)
 
 
 def load_preview_decoder(source: str, device: torch.device, dtype: torch.dtype, cache_dir: str | None):
@@ -298,12 +303,14 @@ def prompt_jobs(args: argparse.Namespace) -> list[PromptJob]:
     if args.prompts is None:
         width = max(3, len(str(len(args.prompt) - 1)))
         return [PromptJob(f"{i:0{width}d}", p.strip(), list(args.seeds)) for i, p in enumerate(args.prompt)]
-    from divdistill.jobs import JobError, read_prompts_csv
+    from divdistill.jobs import JobError, check_seed_range, read_prompts_csv
 
     try:
         jobs = read_prompts_csv(args.prompts)
     except JobError as error:
         raise CLIError(str(error)) from None
+    for job in jobs:  # a row's seed plus each --seeds value must stay a seed torch takes
+        check_seed_range((job.seed or 0) + max(args.seeds), 1, f"evaluation_seed of job {job.id!r} + --seeds")
     return [PromptJob(j.id, j.prompt, [(j.seed or 0) + s for s in args.seeds]) for j in jobs]
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from divdistill.adapter_spec import check_adapter_scale
 from divdistill.control import peft_ops
 from divdistill.control.formats import (
     AdapterMismatchError,
@@ -198,7 +199,13 @@ class AdaptedPipeline:
         name: str | None = None,
         strict: bool | None = None,
     ) -> AppliedAdapter:
-        """Load an adapter onto the base, the distilled model or both; returns its record (`.reports`)."""
+        """Load an adapter onto the base, the distilled model or both; returns its record (`.reports`).
+
+        `scale` must be finite with |scale| <= 100 (`divdistill.adapter_spec.MAX_ADAPTER_SCALE`): ValueError
+        otherwise, checked before the file is read (nan, inf or 1e9 give black images, not an error).
+        """
+        label = source if isinstance(source, (str, Path)) else name or type(source).__name__
+        scale = check_adapter_scale(scale, f"adapter {label}")
         lora = read_lora(source)
         models = models_for(on)
         strict = self.strict if strict is None else strict
@@ -220,7 +227,7 @@ class AdaptedPipeline:
             name=self._unique_name(name or lora.name),
             source=lora.describe(),
             format=lora.format,
-            scale=float(scale),
+            scale=scale,
             models=models,
             start=None if start is None else float(start),
             reports={model: report for model, (_, report) in resolved.items()},
@@ -243,7 +250,8 @@ class AdaptedPipeline:
         return adapter
 
     def set_scale(self, name: str, scale: float) -> None:
-        self[name].scale = float(scale)
+        """Change an adapter's scale (checked as in `add`: finite, |scale| <= 100, else ValueError)."""
+        self[name].scale = check_adapter_scale(scale, f"adapter {name!r}")
         self.sync()
 
     def set_start(self, name: str, start: float | None) -> None:

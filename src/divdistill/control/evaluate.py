@@ -180,13 +180,14 @@ def evaluate_control(
     """
     from tqdm.auto import tqdm
 
+    from divdistill.adapter_spec import check_adapter_scale
     from divdistill.control.formats import read_lora
 
     scorer = get_scorer(scorer)
     unknown = [m for m in models if m not in MODEL_MODES]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODEL_MODES)}.")
-    scales = sorted({float(s) for s in scales} | {0.0})
+    scales = sorted({check_adapter_scale(s, "scales") for s in scales} | {0.0})  # before anything runs
     lora = read_lora(adapter)
     concept = concept or lora.info.get("concept")
     if not concept:

@@ -262,22 +262,68 @@ def detect_format(state_dict: dict[str, Any]) -> str:
     )
 
 
+_REMEDY = "give a LoRA file as diffusers, PEFT, kohya or divdistill save it (see divdistill.control.formats)"
+
+
+def _file_problem(path: Path, error: BaseException) -> str:
+    """Why a weights file did not load, in words: a Git LFS pointer or an empty file say so, else the loader's."""
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the weights (run `git lfs pull` where it came from)"
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _safetensors_header(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file; AdapterFormatError when its header does not parse (a text file, an
+    empty or truncated download), instead of the reader's bare `SafetensorError: header too small`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:  # SafetensorError, OSError: safetensors raises no common type
+        raise AdapterFormatError(
+            f"not a valid safetensors file ({path}): {_file_problem(path, error)}; {_REMEDY}"
+        ) from None
+
+
+def check_adapter_file(source: str | Path) -> None:
+    """Cheaply check an adapter file (or folder) can be read, before a model is loaded: a safetensors header that
+    parses, or a .pt/.bin that torch loads (weights only). Raises FileNotFoundError or AdapterFormatError."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no adapter file ({path}); check the path")
+    weights = _find_weights(path) if path.is_dir() else path
+    if weights.suffix == ".safetensors":
+        _safetensors_header(weights)
+    else:
+        _read_tensors(weights)
+
+
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            header = dict(handle.metadata() or {})
-        return load_file(str(path), device="cpu"), header
+        header = _safetensors_header(path)
+        try:
+            return load_file(str(path), device="cpu"), header
+        except Exception as error:  # a header that parses over truncated data
+            problem = _file_problem(path, error)
+            raise AdapterFormatError(f"not a valid safetensors file ({path}): {problem}; {_REMEDY}") from None
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # a pickle with code in it, or not a torch file
-        raise AdapterFormatError(f"{path} is not a safetensors file nor a plain torch state dict ({error})") from None
+        problem = _file_problem(path, error)
+        raise AdapterFormatError(
+            f"not a safetensors file nor a plain torch state dict ({path}): {problem}; {_REMEDY}"
+        ) from None
     if isinstance(data, dict) and not all(isinstance(v, torch.Tensor) for v in data.values()):
         data = next((data[k] for k in ("state_dict", "lora", "weights") if isinstance(data.get(k), dict)), data)
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise AdapterFormatError(f"{path} does not hold a state dict of tensors")
+        raise AdapterFormatError(f"not a state dict of tensors ({path}); {_REMEDY}")
     return dict(data), {}
 
 
@@ -300,7 +346,7 @@ def read_lora(source: str | Path | dict[str, torch.Tensor] | LoraFile) -> LoraFi
         return LoraFile(dict(source), detect_format(source))
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"no adapter file {str(path)!r}")
+        raise FileNotFoundError(f"no adapter file ({path}); check the path")
     weights = _find_weights(path) if path.is_dir() else path
     state_dict, header = _read_tensors(weights)
     fmt = detect_format(state_dict)

@@ -60,10 +60,27 @@ def file_stamp(path: Path, data: bytes | None = None) -> FileStamp:
     return FileStamp(info.st_size, info.st_mtime_ns, hashlib.sha256(data).hexdigest())
 
 
+class ImageReadError(ValueError):
+    """An image file that does not decode (truncated, corrupt, not an image): bad input, named in the message."""
+
+
 def load_image(source: Path | bytes) -> torch.Tensor:
-    """An image file (or its bytes) as float [3, H, W] in [0, 1] (RGB; alpha dropped, grey expanded)."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """An image file (or its bytes) as float [3, H, W] in [0, 1] (RGB; alpha dropped, grey expanded).
+
+    A file that does not decode is an ImageReadError naming it: PIL's own messages ("image file is truncated")
+    do not say which of thousands of files it was.
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as error:  # PIL raises all three for broken files
+        if isinstance(source, bytes):
+            raise
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ImageReadError(
+            f"not a readable image ({source}): {reason}; replace or delete the file (generate remakes a job "
+            "whose images are missing)"
+        ) from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 

@@ -55,13 +55,12 @@ class StepRandom:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' (or None) picks CUDA when present; CUDA runs with TF32 matmuls."""
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    """'auto' (or None) picks CUDA when present, else the CPU; a device this machine lacks is a
+    `divdistill.devices.DeviceUnavailableError`. CUDA runs with TF32 matmuls."""
+    from divdistill.devices import resolve_device as checked
+
+    device = checked(device, mps=False)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device.")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
