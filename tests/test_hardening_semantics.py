@@ -235,3 +235,45 @@ def test_custom_timestep_notice_once_for_chosen_timesteps_never_for_published_on
     finally:
         logger.removeHandler(handler)
     assert len(records) == 1 and "custom timestep schedule" in records[0].getMessage()
+
+
+# ----------------------------------------------------------------------------------------------- threads
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "trace", "control eval", "slider train"])
+def test_every_sampling_command_takes_threads(command: str) -> None:
+    from divdistill.cli.main import build_parser
+
+    parser = build_parser()
+    for name in command.split():
+        parser = next(a for a in parser._actions if a.dest.endswith("command")).choices[name]
+    assert any("--threads" in action.option_strings for action in parser._actions)
+
+
+@POCKET
+def test_threads_sets_torch_threads_and_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_process_state, restore_threads
+) -> None:
+    import torch
+
+    from divdistill.cli.main import main
+
+    run = ["generate", "--preset", "pocket", "--prompt", "a red circle", "--device", "cpu"]
+    torch.set_num_threads(1)
+    assert main([*run, "--threads", "2", "--out", str(tmp_path / "two")]) == 0
+    assert torch.get_num_threads() == 2
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["environment"]["threads"] == 2
+
+    # Unset, and no OMP_NUM_THREADS: a small pair on the CPU samples on one thread (more only contend).
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    assert main([*run, "--out", str(tmp_path / "auto")]) == 0
+    assert torch.get_num_threads() == 1
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["environment"]["threads"] == 1

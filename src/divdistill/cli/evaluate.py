@@ -210,6 +210,7 @@ def generate_argv(args: argparse.Namespace, mode: Any, prompts: Path, out: Path)
         "--height": args.height,
         "--width": args.width,
         "--device": args.device,
+        "--threads": args.threads,
     }
     for flag, value in options.items():
         if value is not None:

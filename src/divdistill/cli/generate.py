@@ -424,6 +424,7 @@ def environment(device: torch.device, dtype_name: str, state: Any) -> dict[str, 
         "diffusers": diffusers.__version__,
         "device": str(device),
         "dtype": dtype_name,
+        "threads": torch.get_num_threads(),  # torch's CPU threads (--threads; see cli.common.set_threads)
         "process_index": state.process_index,
         "num_processes": state.num_processes,
     }
