@@ -75,7 +75,7 @@ def test_single_prompt_writes_images_contact_sheet_and_sidecar(tmp_path: Path, b
         image = Image.open(out / name)
         assert image.size == (tiny_cli.SIZE, tiny_cli.SIZE)
         assert image.text["seed"] == str(seed) and image.text["prompt"] == "cartoon character"
-    assert Image.open(out / "contact_sheet.png").width == 3 * tiny_cli.SIZE + 4 * 2  # 3 columns, 2 px padding
+    assert Image.open(out / "contact_sheet.png").width == 3 * 128 + 4 * 2  # 3 columns of 32 px shown 4x, 2 px padding
 
     assert [(c["prompts"], c["seeds"]) for c in calls_of(built)] == [
         (["cartoon character"] * 2, [5, 6]),
@@ -370,16 +370,17 @@ def test_shard_covers_every_job_exactly_once() -> None:
 
 def test_contact_sheet_grid_and_labels() -> None:
     images = [Image.new("RGB", (16, 16), (0, 0, 255 - 40 * i)) for i in range(5)]
-    bare = contact_sheet(images, columns=2, padding=0)
+    bare = contact_sheet(images, columns=2, padding=0, min_cell=0)  # native sizes: the layout itself
     assert bare.size == (32, 48)
     assert bare.getpixel((20, 20)) == (0, 0, 135) and bare.getpixel((5, 40)) == (0, 0, 95)
     assert bare.getpixel((20, 40)) == (255, 255, 255)  # the empty sixth cell
 
-    labelled = contact_sheet(images, columns=3, labels=[f"seed {i}" for i in range(5)], padding=2)
+    labelled = contact_sheet(images, columns=3, labels=[f"seed {i}" for i in range(5)], padding=2, min_cell=0)
     assert labelled.width == 3 * 16 + 4 * 2 and labelled.height > 2 * 16 + 3 * 2
     strip = np.asarray(labelled)[2 + 16 :, 2:18]  # below the first image: its label
     assert (strip < 128).any()
-    assert contact_sheet([Image.new("RGB", (8, 4)), Image.new("RGB", (4, 8))], columns=4, padding=0).size == (16, 8)
+    mixed = [Image.new("RGB", (8, 4)), Image.new("RGB", (4, 8))]
+    assert contact_sheet(mixed, columns=4, padding=0, min_cell=0).size == (16, 8)
     for bad in (
         {"images": [], "columns": 1},
         {"images": images, "columns": 0},

@@ -277,3 +277,37 @@ def test_threads_sets_torch_threads_and_is_recorded(
     assert main([*run, "--out", str(tmp_path / "auto")]) == 0
     assert torch.get_num_threads() == 1
     assert json.loads((tmp_path / "auto" / "run.json").read_text())["environment"]["threads"] == 1
+
+
+# ----------------------------------------------------------------------------------------------- sheets
+@POCKET
+def test_pocket_contact_sheet_shows_32px_images_at_128px(tmp_path: Path, fresh_process_state) -> None:
+    from PIL import Image
+
+    from divdistill.cli.main import main
+
+    out = tmp_path / "o"
+    assert main(["generate", "--preset", "pocket", "--prompt", "a red circle", "-n", "3", "--out", str(out)]) == 0
+    assert all(Image.open(path).size == (32, 32) for path in out.glob("*_seed*.png"))  # files stay native
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width == 3 * 128 + 4 * 2 and sheet.height > 128  # 3 cells of 32 px shown 4x, 2 px padding
+    first = Image.open(next(iter(sorted(out.glob("000_seed*.png"))))).convert("RGB")
+    enlarged = first.resize((128, 128), Image.Resampling.NEAREST)
+    assert sheet.crop((2, 2, 130, 130)).tobytes() == enlarged.tobytes()  # nearest neighbour: sharp pixels
+
+
+def test_contact_sheet_labels_fit_enlarged_cells() -> None:
+    from PIL import Image, ImageDraw
+
+    from divdistill.images import _font, contact_sheet
+
+    images = [Image.new("RGB", (32, 32), (200, 0, 0)) for _ in range(4)]
+    labels = [f"distilled +{i}" for i in range(4)]  # control eval's longest kind of label
+    sheet = contact_sheet(images, columns=4, labels=labels)
+    assert sheet.width == 4 * 128 + 5 * 2
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = _font(max(10, 128 // 20))
+    assert max(probe.textbbox((0, 0), text, font=font)[2] for text in labels) < 128  # no label runs into the next
+    assert contact_sheet(images, columns=4, min_cell=0).width == 4 * 32 + 5 * 2
+    big = [Image.new("RGB", (256, 256))] * 2
+    assert contact_sheet(big, columns=2).width == 2 * 256 + 3 * 2  # large images are not touched

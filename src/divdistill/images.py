@@ -91,14 +91,25 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+#: Contact sheets show images smaller than this (pixels, the larger side) enlarged by an integer factor with
+#: nearest-neighbour pixels: at pocket's 32 px the labels are wider than the cells and overlap. The image files
+#: themselves stay at their native size.
+SHEET_MIN_CELL = 128
+
+
 def contact_sheet(
     images: Sequence[Image.Image],
     columns: int,
     labels: Sequence[str] | None = None,
     background: tuple[int, int, int] = (255, 255, 255),
     padding: int = 2,
+    min_cell: int = SHEET_MIN_CELL,
 ) -> Image.Image:
-    """A grid of `images`, `columns` wide, each cell as large as the largest image, with optional labels below."""
+    """A grid of `images`, `columns` wide, each cell as large as the largest image, with optional labels below.
+
+    When the largest image is under `min_cell` pixels, every image is enlarged by the integer factor that brings
+    it to at least `min_cell` (nearest neighbour, so pixels stay sharp); `min_cell=0` keeps native sizes.
+    """
     if not images:
         raise ValueError("contact_sheet needs at least one image.")
     if columns < 1:
@@ -107,6 +118,11 @@ def contact_sheet(
         raise ValueError(f"{len(labels)} labels for {len(images)} images; give one per image.")
     columns = min(columns, len(images))
     rows = -(-len(images) // columns)
+    largest = max(max(image.width, image.height) for image in images)
+    if 0 < largest < min_cell:
+        factor = -(-min_cell // largest)
+        nearest = Image.Resampling.NEAREST
+        images = [image.resize((image.width * factor, image.height * factor), nearest) for image in images]
     cell_w = max(image.width for image in images)
     cell_h = max(image.height for image in images)
     font = _font(max(10, cell_w // 20)) if labels is not None else None
