@@ -110,7 +110,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--base-schedule", choices=("shared", "own"), help="base on the distilled schedule or its own"
     )
     sampling.add_argument("--base-num-inference-steps", type=positive_int, help="the base's own step count")
-    sampling.add_argument("--segments", help="explicit segments, e.g. 'base:1,distilled:3' (replaces --mode)")
+    sampling.add_argument(
+        "--segments",
+        help="explicit segments, e.g. 'base:1,distilled:3' (replaces --mode); a list ending with the base is "
+        "completed by the distilled model ('base:1@own' = 'base:1@own,distilled:3')",
+    )
     sampling.add_argument("--skip-first-steps", type=non_negative_int, default=0, help="start at the k-th timestep")
     add_sampling_arguments(sampling)
 
