@@ -208,7 +208,8 @@ def test_prompt_file_jobs_manifest_and_resume(tmp_path: Path, built: list) -> No
         p: m for p, m in mtimes.items() if p.name != "manifest.json"
     }
 
-    # Lose one image of job 12 and the sidecar of job 11: exactly those two jobs run again.
+    # Lose one image of job 12 and the sidecar of job 11: job 12 makes only its lost image again (its run.json
+    # lists the others), job 11 (nothing says what made its files) runs again.
     (out / "12" / "001_seed301.png").unlink()
     (out / "11" / "run.json").unlink()
     assert cli(*args) == 0
@@ -216,9 +217,9 @@ def test_prompt_file_jobs_manifest_and_resume(tmp_path: Path, built: list) -> No
     assert sorted((p, s) for c in again for p, s in zip(c["prompts"], c["seeds"])) == [
         ("a blue ball", 200),
         ("a blue ball", 201),
-        ("a cat, sitting", 300),
         ("a cat, sitting", 301),
     ]
+    assert (out / "12" / "000_seed300.png").stat().st_mtime_ns == mtimes[out / "12" / "000_seed300.png"]
     after = snapshot(out)
     assert after.keys() == before.keys()
     for name in after:
@@ -350,7 +351,8 @@ def test_crash_mid_run_resumes_only_unfinished_jobs(
 
     monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=built))
     assert cli(*args) == 0
-    assert [c["prompts"] for c in built[-1].calls] == [["two"], ["two"], ["three"], ["three"]]
+    # Job 1 keeps the image it finished (its journal lists it) and makes only the other one.
+    assert [(c["prompts"], c["seeds"]) for c in built[-1].calls] == [(["two"], [1]), (["three"], [0]), (["three"], [1])]
     assert all(is_done(out / job) for job in ("000000", "000001", "000002"))
     assert not list(out.rglob("*.tmp"))
 

@@ -145,10 +145,10 @@ def test_eval_generates_measures_reports_and_resumes(tmp_path: Path, built: list
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*_seed*.png")} == images
     assert sorted(p.name for p in out.rglob(".embeddings/*")) == embeddings  # merged: no part files left
 
-    # Lose one image: only its job is generated again, and at most its images embedded again.
+    # Lose one image: only that image is generated again, and at most its job's images embedded again.
     (out / "hybrid-1" / "001" / "002_seed2.png").unlink()
     assert cli(*eval_args(out)) == 0
-    assert [c["prompts"] for c in calls_of(built[1:])] == [["a blue ball"] * 3]
+    assert [(c["prompts"], c["seeds"]) for c in calls_of(built[1:])] == [(["a blue ball"], [2])]
     assert CNN.images - before <= 18 + 3
 
 

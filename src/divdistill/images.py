@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -84,6 +84,28 @@ def write_json_atomic(data: Any, path: str | Path, indent: int = 2) -> Path:
     return Path(path)
 
 
+def write_json_stream_atomic(fields: Iterable[tuple[str, Any]], path: str | Path) -> Path:
+    """Write a JSON object atomically, key by key, without holding it in memory: a value that is an iterator
+    (e.g. a generator of a job's 10**8 image entries) is written as a list, one element per line; other values
+    as `write_json_atomic` writes them. json.load reads back the dict of `fields`."""
+    with atomic_write(path, "w") as handle:
+        handle.write("{")
+        for number, (key, value) in enumerate(fields):
+            handle.write(("," if number else "") + "\n  " + json.dumps(key, ensure_ascii=False) + ": ")
+            if isinstance(value, Iterator):
+                empty = True
+                for item in value:
+                    text = json.dumps(item, default=_json_default, ensure_ascii=False)
+                    handle.write(("[" if empty else ",") + "\n    " + text)
+                    empty = False
+                handle.write("[]" if empty else "\n  ]")
+            else:
+                text = json.dumps(value, indent=2, default=_json_default, ensure_ascii=False)
+                handle.write(text.replace("\n", "\n  "))
+        handle.write("\n}\n")
+    return Path(path)
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
@@ -144,3 +166,44 @@ def contact_sheet(
         if font is not None and labels is not None and labels[index]:
             draw.text((x + padding, y + cell_h + padding), labels[index], fill=(0, 0, 0), font=font)
     return sheet
+
+
+#: Contact sheets from files: at most this many images (spread evenly over the job), shown at full size up to
+#: FULL_SIZE_UP_TO images and as thumbnails of at most THUMBNAIL pixels a side beyond that.
+SHEET_MAX_IMAGES = 64
+SHEET_FULL_SIZE_UP_TO = 16
+SHEET_THUMBNAIL = 256
+
+
+def sheet_indices(count: int, limit: int = SHEET_MAX_IMAGES) -> list[int]:
+    """The indices a contact sheet of `count` images shows: all of them, or `limit` spread evenly (first and last
+    included)."""
+    if count <= limit:
+        return list(range(count))
+    if limit == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
+
+
+def contact_sheet_from_files(
+    count: int,
+    path_of: Callable[[int], Path],
+    label_of: Callable[[int], str],
+    columns: int,
+    limit: int = SHEET_MAX_IMAGES,
+) -> Image.Image:
+    """`contact_sheet` of image files, read one at a time (memory: the shown images, thumbnails when many).
+
+    Made from the files on disk rather than from images kept in memory, so a job of any size (and a resumed one,
+    whose earlier images were made by another process) gets the same sheet; up to SHEET_FULL_SIZE_UP_TO images it
+    is pixel for pixel the sheet of the images themselves.
+    """
+    indices = sheet_indices(count, limit)
+    images = []
+    for index in indices:
+        with Image.open(path_of(index)) as image:
+            image.load()
+            if len(indices) > SHEET_FULL_SIZE_UP_TO:
+                image.thumbnail((SHEET_THUMBNAIL, SHEET_THUMBNAIL))
+            images.append(image.copy())
+    return contact_sheet(images, columns, labels=[label_of(i) for i in indices])

@@ -269,9 +269,7 @@ def generate_modes(args: argparse.Namespace, modes: list[Any], out: Path) -> flo
 # ----------------------------------------------------------------------------------------------- command
 def run_eval(args: argparse.Namespace) -> int:
     from divdistill.cli.generate import process_state, resolve_device
-    from divdistill.evaluation.imagesets import scan_image_set
     from divdistill.evaluation.modes import parse_modes
-    from divdistill.evaluation.report import summary_table, write_json, write_reports
     from divdistill.evaluation.runner import DEFAULT_METRICS, Evaluator, parse_metrics
     from divdistill.metrics.embedders import BackendUnavailable
 
@@ -322,6 +320,18 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CLIError(str(error)) from None
     if args.no_cache and state.num_processes > 1:
         raise CLIError("--no-cache cannot be used with several processes (they share embeddings through the cache)")
+    from divdistill.outlock import acquire_for_launch
+
+    # One writer per --out (the processes of one launch count as one); each mode's folder gets generate's own.
+    with acquire_for_launch(out, None, state, error=CLIError, what="--out"):
+        return _evaluate_locked(args, out, modes, evaluator)
+
+
+def _evaluate_locked(args: argparse.Namespace, out: Path, modes: list[Any], evaluator: Any) -> int:
+    """run_eval once --out is this run's: generate what is missing, embed, measure, report."""
+    from divdistill.evaluation.imagesets import scan_image_set
+    from divdistill.evaluation.report import summary_table, write_json, write_reports
+    from divdistill.metrics.embedders import BackendUnavailable
 
     timings: dict[str, float] = {}
     if args.images:

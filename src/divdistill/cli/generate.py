@@ -12,11 +12,15 @@ Output layout
 -------------
 One prompt (`--prompt`), OUT is the job's folder:
     OUT/000_seed0.png, OUT/001_seed1.png, ...   one PNG per image (index, seed)
-    OUT/contact_sheet.png                       all images in a grid, labelled by seed (when -n > 1)
+    OUT/contact_sheet.png                       the images in a grid, labelled by seed (when -n > 1; made from
+                                                the files, at most 64 of them, thumbnails beyond 16)
     OUT/run.json                                settings, seeds and files, per-step record, wall time
+    OUT/.run.journal.jsonl                      while unfinished: the images made so far (divdistill.journal)
 A prompt file (`--prompts FILE.csv`), one folder per row:
     OUT/<job_id>/000_seed<s>.png, ..., [contact_sheet.png], run.json
     OUT/manifest.json                           every job's files and record, rebuilt from the run.json files
+                                                (also at the start: the settings and their fingerprint)
+While a run writes OUT it holds OUT/.divdistill.lock (divdistill.outlock): a second run into OUT is refused.
 
 Seeds: image i of a job has seed s + i, where s is the row's `evaluation_seed` or else `--seed`, and is drawn
 with its own `torch.Generator(device).manual_seed(s + i)`; an image does not depend on which batch it shared
@@ -28,18 +32,24 @@ NFE per image, each call's wall time (the whole pipeline: encoding, every base a
 their sum, the peak memory so far (CUDA max allocated, else process peak RSS), the model name and the environment.
 
 Resume: every file is written atomically and run.json last, so a job is finished exactly when its run.json
-lists files that exist. Rerunning the same command skips finished jobs; a finished job made with other settings
-or another prompt is an error unless --overwrite. Under `accelerate launch --num_processes N` the jobs are split
-(strided, by `accelerate.PartialState`) so each runs in exactly one process; the main process writes the
-manifest after all are done. accelerate 1.15's `--cpu` launches a single process (several need mpirun);
-`--multi_gpu` launches N processes through torchrun, which on a machine without GPUs join as a CPU (gloo) group.
+lists files that exist. Images are saved batch by batch as they finish (memory holds one batch whatever -n is)
+and journaled first, so rerunning the same command skips finished jobs and, in an interrupted job, the images it
+already has. Images made with other settings or another prompt (finished or not), or an OUT holding files that
+are not divdistill's, are an error naming what differs, unless --overwrite (which replaces them).
+Under `accelerate launch --num_processes N` the jobs are split (strided, by `accelerate.PartialState`) so each
+runs in exactly one process; the main process holds the lock for all and writes the manifest after all are
+done. accelerate 1.15's `--cpu` launches a single process (several need mpirun); `--multi_gpu` launches N
+processes through torchrun, which on a machine without GPUs join as a CPU (gloo) group.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -62,17 +72,28 @@ from divdistill.cli.common import (
     resolve_dtype,
     seed_number,
 )
-from divdistill.images import contact_sheet, remove_stale_temps, save_image_atomic, write_json_atomic
+from divdistill.fingerprint import describe_differences, fingerprint
+from divdistill.images import (
+    contact_sheet_from_files,
+    remove_stale_temps,
+    save_image_atomic,
+    write_json_atomic,
+    write_json_stream_atomic,
+)
 from divdistill.jobs import (
     SIDECAR,
     Job,
     JobError,
     check_seed_range,
+    job_differences,
     job_status,
     read_prompts_csv,
     read_sidecar,
     shard,
 )
+from divdistill.journal import JOURNAL, Journal
+from divdistill.journal import read_header as read_journal_header
+from divdistill.outlock import acquire_for_launch
 
 if TYPE_CHECKING:
     import torch
@@ -130,7 +151,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call (default 1)")
     run.add_argument("--columns", type=positive_int, default=4, help="contact sheet columns (default 4)")
     run.add_argument("--no-contact-sheet", action="store_true", help="write no contact sheets")
-    run.add_argument("--overwrite", action="store_true", help="regenerate finished jobs too")
+    run.add_argument("--overwrite", action="store_true",
+                     help="regenerate finished images too, replacing what --out holds (other settings)")  # fmt: skip
     parser.set_defaults(func=run_generate)
     return parser
 
@@ -253,19 +275,55 @@ def resolve_device(device_arg: str | None, state: Any) -> torch.device:
 # ----------------------------------------------------------------------------------------------- jobs
 @dataclass
 class JobRun:
-    """A job being generated: where its files go, and what its calls returned so far."""
+    """A job being generated: where its files go, which images are already finished, and its journal.
+
+    Seeds and file names are computed per image (`seeds` is a range), so a job of 10**8 images costs nothing
+    before its first image; `finished` holds the images kept from an earlier, interrupted run (see `start_job`).
+    """
 
     job: Job
     folder: Path
-    seeds: list[int]
-    files: list[str]
-    images: list[Any] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    record: dict[str, Any] | None = None
+    seeds: range
+    finished: set[int] = field(default_factory=set)
+    journal: Journal | None = None
+    remaining: int = 0  # images of this run still to be written (set by start_job)
+
+    @property
+    def count(self) -> int:
+        return len(self.seeds)
+
+    def file(self, index: int) -> str:
+        """Image `index`'s file name."""
+        return image_name(index, self.seeds[index], len(self.seeds))
+
+    def owns(self, name: str) -> bool:
+        """True when this run writes a file called `name` (one of its images, or its contact sheet)."""
+        match = _IMAGE_NAME.fullmatch(name)
+        if match is None:
+            return name == CONTACT_SHEET and self.count > 1
+        index = int(match.group(1))
+        return index < self.count and self.file(index) == name
+
+    def todo(self) -> Iterator[int]:
+        """Indices of the images still to generate, in order (generated lazily)."""
+        return (index for index in range(self.count) if index not in self.finished)
 
     def expected(self, request: dict[str, Any]) -> dict[str, Any]:
         """Sidecar values a finished job of this request must hold."""
         return {"request": request, "prompt": self.job.prompt, "seeds": self.seeds}
+
+    def header(self, request: dict[str, Any]) -> dict[str, Any]:
+        """What the job's journal starts with: the settings it was started with (see `divdistill.journal`)."""
+        return {
+            "job": {"id": self.job.id, "row": self.job.row},
+            "prompt": self.job.prompt,
+            "seeds": {"first": self.seeds.start, "count": self.count},
+            "request": request,
+            "fingerprint": fingerprint(request),
+        }
+
+
+_IMAGE_NAME = re.compile(r"(\d+)_seed(\d+)\.png")
 
 
 def image_name(index: int, seed: int, count: int) -> str:
@@ -273,52 +331,118 @@ def image_name(index: int, seed: int, count: int) -> str:
 
 
 def plan_job(job: Job, folder: Path, args: argparse.Namespace) -> JobRun:
-    seeds = job.seeds(args.num_images, args.seed)
-    return JobRun(job, folder, seeds, [image_name(i, s, len(seeds)) for i, s in enumerate(seeds)])
+    return JobRun(job, folder, job.seed_range(args.num_images, args.seed))
 
 
-def start_job(run: JobRun) -> None:
-    """Make the folder and retire an older result there (its sidecar first) before the first new file lands."""
+def _listed_files(sidecar: dict[str, Any] | None, header: dict[str, Any] | None) -> Iterator[str]:
+    """File names an earlier result of a job folder lists: its sidecar's images and sheet, or those its journal's
+    header implies."""
+    if sidecar is not None:
+        yield from (image.get("file") for image in sidecar.get("images", []) if isinstance(image, dict))
+        yield sidecar.get("contact_sheet")
+    elif header is not None:
+        seeds = header.get("seeds") or {}
+        first, count = seeds.get("first"), seeds.get("count")
+        if isinstance(first, int) and isinstance(count, int):
+            yield from (image_name(i, first + i, count) for i in range(count))
+            yield CONTACT_SHEET
+
+
+def _journal_from_sidecar(sidecar: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The journal entries of a run.json whose job lost a file: its calls (and sheet) are kept, only the lost
+    images are made again."""
+    record = {key: sidecar.get(key) for key in ("settings", "nfe", "nfe_by_model", "steps")}
+    for number, call in enumerate(sidecar.get("calls") or []):
+        entry = {"kind": "call", "images": call.get("images") or [], "batch_size": call.get("batch_size"),
+                 "seconds": call.get("seconds")}  # fmt: skip
+        if number == 0:
+            entry["record"] = record
+        yield entry
+    if sidecar.get("contact_sheet"):
+        yield {"kind": "contact_sheet", "file": sidecar["contact_sheet"]}
+
+
+def start_job(run: JobRun, request: dict[str, Any], overwrite: bool = False) -> None:
+    """Make the folder, keep what an earlier run of the same settings finished there, and retire the rest.
+
+    Same settings (no --overwrite): the journal goes on (or is rebuilt from a run.json whose job lost a file),
+    and `run.finished` lists the images whose files exist. Otherwise the old result is retired before the first
+    new file lands: its sidecar first, then the files it listed that this run will not rewrite.
+    """
     run.folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run.folder)
     old = read_sidecar(run.folder)
-    (run.folder / SIDECAR).unlink(missing_ok=True)
-    if old is not None:  # files an earlier run listed and this one will not rewrite (e.g. it had more images)
-        listed = [image.get("file") for image in old.get("images", [])] + [old.get("contact_sheet")]
-        for name in listed:
-            if isinstance(name, str) and name not in run.files and Path(name).name == name:
+    header = read_journal_header(run.folder)
+    same = not overwrite and job_status(run.folder, run.expected(request)) != "conflict"
+    if same and old is not None:
+        run.journal = Journal.start(run.folder, run.header(request), _journal_from_sidecar(old))
+        (run.folder / SIDECAR).unlink(missing_ok=True)
+    elif same and header is not None:
+        run.journal = Journal(run.folder, header)
+    else:
+        (run.folder / SIDECAR).unlink(missing_ok=True)
+        for name in _listed_files(old, header):
+            if isinstance(name, str) and Path(name).name == name and not run.owns(name):
                 (run.folder / name).unlink(missing_ok=True)
+        run.journal = Journal.start(run.folder, run.header(request))
+    done = run.journal.finished() if same else set()
+    run.finished = {i for i in done if 0 <= i < run.count and (run.folder / run.file(i)).is_file()}
+    run.remaining = run.count - len(run.finished)
 
 
 def finish_job(run: JobRun, args: argparse.Namespace, request: dict[str, Any], context: dict[str, Any]) -> None:
-    """Contact sheet, then the sidecar (last: its presence marks the job finished)."""
+    """Contact sheet (from the files on disk), then the sidecar (last: its presence marks the job finished), then
+    the journal goes. The sidecar is written as a stream: no list of the job's images is held in memory."""
+    journal = run.journal
+    assert journal is not None, "start_job opens the journal"
     sheet = None
-    if len(run.images) > 1 and not args.no_contact_sheet:
-        grid = contact_sheet(run.images, args.columns, labels=[f"seed {s}" for s in run.seeds])
-        save_image_atomic(grid, run.folder / CONTACT_SHEET)
+    if run.count > 1 and not args.no_contact_sheet:
         sheet = CONTACT_SHEET
-    record = run.record or {}
-    sidecar = {
+        if journal.contact_sheet() != CONTACT_SHEET or not (run.folder / CONTACT_SHEET).is_file():
+            grid = contact_sheet_from_files(
+                run.count, lambda i: run.folder / run.file(i), lambda i: f"seed {run.seeds[i]}", args.columns
+            )
+            save_image_atomic(grid, run.folder / CONTACT_SHEET)
+            journal.add_contact_sheet(CONTACT_SHEET)
+    # Each image's call: the last journal call that made it (a lost file is made again by a later call).
+    call_of = array("q", [-1]) * run.count
+    seconds = 0.0
+    for number, entry in enumerate(journal.entries("call")):
+        seconds += float(entry.get("seconds") or 0.0)
+        for index in entry.get("images") or []:
+            if isinstance(index, int) and 0 <= index < run.count:
+                call_of[index] = number
+    record = journal.record() or {}
+
+    def images() -> Iterator[dict[str, Any]]:
+        for index, seed in enumerate(run.seeds):
+            yield {"index": index, "seed": seed, "file": run.file(index), "call": call_of[index]}
+
+    def calls() -> Iterator[dict[str, Any]]:
+        for number, entry in enumerate(journal.entries("call")):
+            mine = [i for i in entry.get("images") or [] if isinstance(i, int) and 0 <= i < run.count]
+            yield {"call": number, "images": [i for i in mine if call_of[i] == number],
+                   "batch_size": entry.get("batch_size"), "seconds": entry.get("seconds")}  # fmt: skip
+
+    fields = {
         "job": {"id": run.job.id, "row": run.job.row, "prompts_file": args.prompts},
         "prompt": run.job.prompt,
-        "seeds": run.seeds,
+        "seeds": iter(run.seeds),
         "request": request,
-        "images": [
-            {"index": i, "seed": seed, "file": name, "call": next(c["call"] for c in run.calls if i in c["images"])}
-            for i, (seed, name) in enumerate(zip(run.seeds, run.files))
-        ],
+        "fingerprint": fingerprint(request),
+        "images": images(),
         "contact_sheet": sheet,
         "settings": record.get("settings"),
         "nfe": record.get("nfe"),
         "nfe_by_model": record.get("nfe_by_model"),
         "steps": record.get("steps"),
-        "calls": run.calls,
-        "seconds": sum(call["seconds"] for call in run.calls),
+        "calls": calls(),
+        "seconds": seconds,
         "peak_memory": peak_memory((context.get("environment") or {}).get("device")),
         **context,
     }
-    write_json_atomic(sidecar, run.folder / SIDECAR)
-    run.images.clear()
+    write_json_stream_atomic(fields.items(), run.folder / SIDECAR)
+    journal.remove()
 
 
 def peak_memory(device: str | None) -> dict[str, Any] | None:
@@ -345,45 +469,74 @@ def generate(
     progress: Any = None,
     per_image: bool = False,
 ) -> int:
-    """Generate every image of `runs`, `--batch-size` images per call (a batch may span jobs); return the calls.
+    """Generate every unfinished image of `runs`, `--batch-size` images per call (a batch may span jobs); return
+    the calls.
 
-    `progress` (a tqdm bar) advances per finished job, or per image with `per_image`.
+    Streamed: a job is started when reached and its images planned one at a time, each batch is journaled and
+    then saved as soon as it returns, so memory holds one batch of images whatever -n is and a kill loses at most
+    the batch in flight. Image i keeps its own generator, seeded with its seed, as before. Each job is finished
+    (contact sheet from disk, then run.json) after its last image. `progress` (a tqdm bar) advances per finished
+    job, or per image with `per_image`.
     """
     import torch
 
-    units = [(run, index) for run in runs for index in range(len(run.seeds))]
     kwargs = call_kwargs(args)
     settings = json.dumps({key: request[key] for key in ("model", "dtype", "sampling")})  # PNG text: what made it
+    overwrite = bool(getattr(args, "overwrite", False))
     calls = 0
-    for start in range(0, len(units), args.batch_size):
-        chunk = units[start : start + args.batch_size]
-        for run, index in chunk:
-            if index == 0:
-                start_job(run)
+    chunk: list[tuple[JobRun, int]] = []
+
+    def finished(run: JobRun) -> None:
+        finish_job(run, args, request, context)
+        if progress is not None and not per_image:
+            progress.update()
+
+    def run_chunk() -> None:
+        nonlocal calls
         generators = [torch.Generator(device).manual_seed(run.seeds[index]) for run, index in chunk]
         output = pipe([run.job.prompt for run, _ in chunk], generator=generators, output_type="pil", **kwargs)
         touched: dict[int, JobRun] = {}
+        for run, _ in chunk:
+            touched.setdefault(id(run), run)
+        record = output.record()
+        for run in touched.values():  # the journal first: every image file on disk is journaled
+            indices = [index for r, index in chunk if r is run]
+            assert run.journal is not None
+            run.journal.add_call({"images": indices, "batch_size": len(chunk), "seconds": output.seconds}, record)
         for (run, index), image in zip(chunk, output.images):
             metadata = {"prompt": run.job.prompt, "seed": str(run.seeds[index]), "divdistill": settings}
-            save_image_atomic(image, run.folder / run.files[index], metadata=metadata)
-            run.images.append(image)
-            touched[id(run)] = run
+            save_image_atomic(image, run.folder / run.file(index), metadata=metadata)
+            run.remaining -= 1
         for run in touched.values():
-            indices = [index for r, index in chunk if r is run]
-            run.calls.append({"call": calls, "images": indices, "batch_size": len(chunk), "seconds": output.seconds})
-            run.record = run.record or output.record()
-            if indices[-1] == len(run.seeds) - 1:
-                finish_job(run, args, request, context)
-                if progress is not None and not per_image:
-                    progress.update()
+            if run.remaining == 0:
+                finished(run)
         if progress is not None and per_image:
             progress.update(len(chunk))
         calls += 1
+        chunk.clear()
+
+    for run in runs:
+        start_job(run, request, overwrite)
+        if progress is not None and per_image and run.finished:
+            progress.update(len(run.finished))
+        if run.remaining == 0:  # every image was there (killed before its run.json)
+            finished(run)
+            continue
+        for index in run.todo():
+            chunk.append((run, index))
+            if len(chunk) == args.batch_size:
+                run_chunk()
+    if chunk:
+        run_chunk()
     return calls
 
 
 def write_manifest(out: Path, runs: list[JobRun], args: argparse.Namespace, request: dict[str, Any]) -> dict:
-    """OUT/manifest.json from the jobs' sidecars: the same content however often and by whom it is rebuilt."""
+    """OUT/manifest.json from the jobs' sidecars: the same content however often and by whom it is rebuilt.
+
+    Written at the start of a run too (the jobs finished so far), so the settings (`request` and their
+    `fingerprint`) are in the folder from the first image on, and a rerun with other settings is refused early.
+    """
     entries, missing = [], []
     for run in runs:
         if job_status(run.folder, run.expected(request)) != "done":
@@ -395,7 +548,7 @@ def write_manifest(out: Path, runs: list[JobRun], args: argparse.Namespace, requ
             {
                 "id": run.job.id,
                 "prompt": run.job.prompt,
-                "seeds": run.seeds,
+                "seeds": list(run.seeds),
                 "files": [f"{folder}/{image['file']}" for image in sidecar["images"]],
                 "contact_sheet": f"{folder}/{sidecar['contact_sheet']}" if sidecar.get("contact_sheet") else None,
                 "sidecar": f"{folder}/{SIDECAR}",
@@ -406,6 +559,7 @@ def write_manifest(out: Path, runs: list[JobRun], args: argparse.Namespace, requ
     manifest = {
         "prompts_file": args.prompts,
         "request": request,
+        "fingerprint": fingerprint(request),
         "num_jobs": len(runs),
         "num_images": sum(len(entry["files"]) for entry in entries),
         "complete": not missing,
@@ -414,6 +568,68 @@ def write_manifest(out: Path, runs: list[JobRun], args: argparse.Namespace, requ
     }
     write_json_atomic(manifest, out / MANIFEST)
     return manifest
+
+
+# ----------------------------------------------------------------------------------------------- the folder
+def foreign_entries(out: Path, prompt_file: bool) -> list[str]:
+    """What `out` holds when it is not empty and holds no divdistill generate output (else []): names of a
+    few of its entries. Hidden entries (.embeddings, .DS_Store) and the lock do not count; generate's own marks
+    are run.json or a job journal (one prompt), manifest.json or job folders holding either (a prompt file)."""
+    if not out.is_dir():
+        return []
+    entries = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    if not entries:
+        return []
+    marks = (SIDECAR, JOURNAL)
+    if prompt_file:
+        ours = (out / MANIFEST).is_file() or any(
+            p.is_dir() and any((p / mark).is_file() for mark in marks) for p in entries
+        )
+    else:
+        ours = any((out / mark).is_file() for mark in marks)
+    return [] if ours else [p.name + ("/" if p.is_dir() else "") for p in entries[:3]]
+
+
+def check_output(out: Path, runs: list[JobRun], args: argparse.Namespace, request: dict[str, Any]) -> None:
+    """Refuse, before anything is written, an --out whose contents this run would destroy or mix with its own:
+    a folder of other files, a prompt-file run of other settings, or jobs holding images of other settings or
+    prompts (the message says which settings differ). --overwrite replaces them instead. Then (a prompt file)
+    the manifest is written with this run's settings. Runs on the main process, under the folder's lock."""
+    if not args.overwrite:
+        foreign = foreign_entries(out, args.prompts is not None)
+        if foreign:
+            more = ", ..." if len(foreign) == 3 else ""
+            raise CLIError(
+                f"--out {str(out)!r} is not empty and holds no divdistill generate output ({', '.join(foreign)}"
+                f"{more}); pick an empty or new folder, or pass --overwrite to write into it anyway"
+            )
+        manifest = read_sidecar_file(out / MANIFEST) if args.prompts is not None else None
+        if manifest is not None and isinstance(manifest.get("request"), dict) and manifest["request"] != request:
+            raise CLIError(
+                f"--out {str(out)!r} holds a run made with other settings "
+                f"({describe_differences(manifest['request'], request)}); use another --out, or --overwrite to "
+                "replace its images"
+            )
+        conflicts = [run for run in runs if job_status(run.folder, run.expected(request)) == "conflict"]
+        if conflicts:
+            first = conflicts[0]
+            more = f" (and {len(conflicts) - 1} more jobs)" if len(conflicts) > 1 else ""
+            differ = "; ".join(job_differences(first.folder, first.expected(request)))
+            raise CLIError(
+                f"{first.folder}{more} already holds images made with other settings or another prompt "
+                f"({differ}); use another --out, or --overwrite to replace them"
+            )
+    if args.prompts is not None:
+        write_manifest(out, runs, args, request)
+
+
+def read_sidecar_file(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def environment(device: torch.device, dtype_name: str, state: Any) -> dict[str, Any]:
@@ -441,8 +657,6 @@ def _log(message: str) -> None:
 # ----------------------------------------------------------------------------------------------- command
 def run_generate(args: argparse.Namespace, build: Any = None) -> int:
     """The command; `build(args, device, dtype)` replaces `build_pipeline` (eval shares one pipeline this way)."""
-    from tqdm.auto import tqdm
-
     check_args(args)
     out = Path(args.out)
     if args.prompts is not None:
@@ -461,21 +675,36 @@ def run_generate(args: argparse.Namespace, build: Any = None) -> int:
     device = resolve_device(args.device, state)
     dtype_name, dtype = resolve_dtype(args.dtype, device, preset=args.preset)
     request = request_of(args, dtype_name)
-    mine = shard(runs, state.process_index, state.num_processes)
+    # One writer per --out (the processes of one launch count as one); the checks run under the lock.
+    lock = acquire_for_launch(
+        out, fingerprint(request), state, check=lambda: check_output(out, runs, args, request), error=CLIError,
+        what="--out",
+    )  # fmt: skip
+    with lock:
+        return _generate_locked(args, build, out, runs, state, device, dtype, dtype_name, request)
 
-    pending, conflicts = [], []
+
+def _generate_locked(
+    args: argparse.Namespace,
+    build: Any,
+    out: Path,
+    runs: list[JobRun],
+    state: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    dtype_name: str,
+    request: dict[str, Any],
+) -> int:
+    """run_generate once --out is this run's: generate this process's unfinished jobs, then the manifest."""
+    from tqdm.auto import tqdm
+
+    mine = shard(runs, state.process_index, state.num_processes)
+    pending = []
     for run in mine:
-        status = "pending" if args.overwrite else job_status(run.folder, run.expected(request))
-        if status == "conflict":
-            conflicts.append(run)
-        elif status == "pending":
+        if args.overwrite or job_status(run.folder, run.expected(request)) != "done":
             pending.append(run)
-    if conflicts:
-        more = f" (and {len(conflicts) - 1} more jobs)" if len(conflicts) > 1 else ""
-        raise CLIError(
-            f"{conflicts[0].folder}{more} already holds finished images made with other settings or another "
-            "prompt; use another --out, or --overwrite to replace them"
-        )
+        else:  # a journal left by a kill between writing run.json and removing the journal says nothing more
+            (run.folder / JOURNAL).unlink(missing_ok=True)
     where = f" (process {state.process_index} of {state.num_processes})" if state.num_processes > 1 else ""
     if len(runs) > 1 or state.num_processes > 1:
         _log(f"{len(mine)} of {len(runs)} jobs here{where}: {len(mine) - len(pending)} finished, {len(pending)} to do")
@@ -497,7 +726,7 @@ def run_generate(args: argparse.Namespace, build: Any = None) -> int:
         if args.lora:
             context["adapters"] = pipe.describe()
         per_image = args.prompts is None
-        total = len(pending[0].seeds) if per_image else len(pending)
+        total = pending[0].count if per_image else len(pending)
         try:
             with tqdm(
                 total=total,
@@ -517,7 +746,7 @@ def run_generate(args: argparse.Namespace, build: Any = None) -> int:
             status = "complete" if manifest["complete"] else f"{len(manifest['missing'])} jobs missing"
             print(f"{out / MANIFEST}: {manifest['num_jobs']} jobs, {manifest['num_images']} images ({status})")
     elif pending:
-        print(f"{out / SIDECAR}: {len(runs[0].seeds)} images in {calls} calls")
+        print(f"{out / SIDECAR}: {runs[0].count} images in {calls} calls")
     else:
         print(f"{out / SIDECAR}: already finished (pass --overwrite to regenerate)")
     return 0

@@ -21,7 +21,10 @@ Output layout
 
 Resume: every file is written atomically and each prompt's prompt.json last. Rerunning skips prompts whose
 prompt.json matches the request; saved latents of the same sampling settings are reused, so changing only
---metric, --threshold or the decoder redoes the analysis without sampling again.
+--metric, --threshold or the decoder redoes the analysis without sampling again. A folder traced with other
+sampling settings (pair, dtype, steps, guidance, sizes; recorded in OUT/.divdistill-trace.json from the start),
+prompts or seeds, or a folder of other files, is refused unless --overwrite (which traces everything again).
+While a trace writes OUT it holds OUT/.divdistill.lock (divdistill.outlock): a second run into OUT is refused.
 """
 
 from __future__ import annotations
@@ -188,6 +191,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_device_arguments(run, "cuda, else mps, else cpu")
     run.add_argument("--batch-size", type=positive_int, help="images per pipeline call (default: all seeds)")
     run.add_argument("--no-latents", action="store_true", help="do not keep the recorded latents")
+    run.add_argument("--overwrite", action="store_true",
+                     help="trace every prompt again, replacing what --out holds (without it, a folder traced with "
+                     "other sampling settings, prompts or seeds is refused)")  # fmt: skip
     run.add_argument("--max-index-prompts", type=positive_int, default=50, help="prompts shown on index.html")
     parser.set_defaults(func=run_trace)
     return parser
@@ -390,7 +396,7 @@ def trace_prompt(context: Context, job: PromptJob, request: dict[str, Any], out:
     for spec in args.modes:
         latents = folder / "latents" / spec.slug
         trajectory = None
-        if (latents / META_FILE).is_file():
+        if not getattr(args, "overwrite", False) and (latents / META_FILE).is_file():  # --overwrite samples again
             try:
                 saved = Trajectory.load(latents)
             except (OSError, ValueError, KeyError):
@@ -593,11 +599,65 @@ def write_index_page(
 
 
 # ----------------------------------------------------------------------------------------------- command
-def run_trace(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+# ----------------------------------------------------------------------------------------------- the folder
+START_RECORD = ".divdistill-trace.json"
 
-    from divdistill.cli.common import resolve_dtype
+
+def images_settings(request: dict[str, Any]) -> dict[str, Any]:
+    """The part of a trace request that decides the sampled trajectories (pair, dtype, sampling settings); the
+    rest (modes, metric, decoder, columns) only changes the analysis, which a rerun may redo."""
+    return {key: request.get(key) for key in ("model", "dtype", "sampling")}
+
+
+def check_folder(out: Path, jobs: list[PromptJob], request: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an --out this run would mix its trajectories into: a folder of other files, or one traced with other
+    sampling settings, or whose prompts had other texts or seeds (the message says what differs); --overwrite
+    retraces instead. Then records this run's settings in OUT/.divdistill-trace.json (kept from the first
+    trajectory on, so an interrupted trace is checked too)."""
+    from divdistill.fingerprint import describe_differences, fingerprint
     from divdistill.images import write_json_atomic
+
+    current = images_settings(request)
+    if not overwrite:
+        entries = [p.name for p in sorted(out.iterdir()) if not p.name.startswith(".")] if out.is_dir() else []
+        ours = (out / START_RECORD).is_file() or (out / TRACE_RECORD).is_file() or (out / "prompts").is_dir()
+        if entries and not ours:
+            raise CLIError(
+                f"--out {str(out)!r} is not empty and holds no divdistill trace output ({', '.join(entries[:3])}"
+                f"{', ...' if len(entries) > 3 else ''}); pick an empty or new folder, or pass --overwrite"
+            )
+        stored = [_read_json(out / START_RECORD).get("settings"), _read_json(out / TRACE_RECORD).get("request")]
+        for settings in stored:
+            if isinstance(settings, dict) and (settings := images_settings(settings)) != current:
+                raise CLIError(
+                    f"--out {str(out)!r} was traced with other settings ({describe_differences(settings, current)});"
+                    " use another --out, or --overwrite to trace again"
+                )
+        for job in jobs:
+            record = _read_json(job.folder(out) / PROMPT_RECORD)
+            if not record:
+                continue
+            now = {**current, "prompt": job.prompt, "seeds": job.seeds}
+            then = {**images_settings(record.get("request") or {}), "prompt": record.get("prompt"),
+                    "seeds": record.get("seeds")}  # fmt: skip
+            if then != now:
+                raise CLIError(
+                    f"{job.folder(out)} was traced with other settings ({describe_differences(then, now)}); use "
+                    "another --out, or --overwrite to trace again"
+                )
+    write_json_atomic({"settings": current, "fingerprint": fingerprint(current)}, out / START_RECORD)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    from divdistill.cli.common import resolve_dtype
     from divdistill.metrics import get_distance
 
     check_args(args)
@@ -619,11 +679,36 @@ def run_trace(args: argparse.Namespace) -> int:
     }
     request = json.loads(json.dumps(request))
     context = Context(args, device, dtype, distance)
+    from divdistill.fingerprint import fingerprint
+    from divdistill.outlock import OutputLocked, acquire
+
+    try:  # one writer per --out
+        lock = acquire(out, fingerprint(images_settings(request)), what="--out")
+    except OutputLocked as error:
+        raise CLIError(str(error)) from None
+    with lock:
+        check_folder(out, jobs, request, bool(args.overwrite))
+        return _trace_locked(args, jobs, out, request, context, metric)
+
+
+def _trace_locked(
+    args: argparse.Namespace,
+    jobs: list[PromptJob],
+    out: Path,
+    request: dict[str, Any],
+    context: Context,
+    metric: dict[str, Any],
+) -> int:
+    """run_trace once --out is this run's and its checks passed: trace what is not finished, then the summary."""
+    from tqdm.auto import tqdm
+
+    from divdistill.images import write_json_atomic
+
     records: list[dict[str, Any]] = []
     todo = 0
     with tqdm(total=len(jobs), unit="prompt", desc="trace") as bar:
         for job in jobs:
-            record = finished_record(job, out, request)
+            record = None if args.overwrite else finished_record(job, out, request)
             if record is None:
                 bar.set_postfix_str(job.id)
                 record = trace_prompt(context, job, request, out)
