@@ -33,18 +33,30 @@ def test_pocket_pipeline_generates_deterministically():
     second = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt")
     assert first.images.shape == (2, 3, 32, 32)
     assert torch.equal(first.images, second.images)
-    # Default: the base on its own 50-step grid (999, 979, ..., 759) down to t=749, then the student.
-    assert [s.timestep for s in first.steps] == [*range(999, 749, -20), 749, 499, 249]
-    assert [s.model for s in first.steps] == ["base"] * 13 + ["distilled"] * 3
-    reverse = pipe(prompts, mode="reverse", generator=torch.Generator().manual_seed(0), output_type="pt")
-    assert [s.model for s in reverse.steps] == ["distilled"] * 3 + ["base"]  # the own-schedule default is for hybrids
-    shared = pipe(prompts, base_schedule="shared", generator=torch.Generator().manual_seed(0), output_type="pt")
-    assert [(s.model, s.timestep) for s in shared.steps] == [
+    # Default: the paper's hybrid, the base replacing the student's first step on the student's schedule.
+    assert [(s.model, s.timestep) for s in first.steps] == [
         ("base", 999),
         ("distilled", 749),
         ("distilled", 499),
         ("distilled", 249),
     ]
+    assert first.nfe == 5  # CFG: the base step costs two evaluations in one batched call
+    own = pipe(prompts, base_schedule="own", generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert [s.timestep for s in own.steps] == [*range(999, 749, -20), 749, 499, 249]
+    assert [s.model for s in own.steps] == ["base"] * 13 + ["distilled"] * 3
+    reverse = pipe(prompts, mode="reverse", generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert [s.model for s in reverse.steps] == ["distilled"] * 3 + ["base"]
+
+
+def test_shipped_schedule_is_sdxl_shifted_x16_not_zero_terminal():
+    from divdistill.pocket import pocket_pipeline
+    from divdistill.pocket.snr import pocket_alphas_cumprod
+
+    pipe = pocket_pipeline()
+    for model in (pipe.base, pipe.distilled):
+        abar = model.scheduler.alphas_cumprod.double()
+        assert torch.allclose(abar, torch.from_numpy(pocket_alphas_cumprod(16.0)), rtol=1e-5)
+        assert 0.07 < float(abar[-1] / (1 - abar[-1])) < 0.08
 
 
 def test_pocket_preset_when_registered():

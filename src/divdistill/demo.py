@@ -16,10 +16,13 @@ Writes into OUT: `index.html` (every figure and table), `results.json`, `modes.c
 - the paper's targets, each with this run's number and whether it holds.
 
 Modes: base (its own 50-step DDIM, CFG 4), distilled (4 LCM steps), hybrid k=1 / k=2 on the distilled schedule
-(the paper's 1-1 replacement; `base_schedule="shared"`), own-1 (the base on its own 50-step grid down to t=749,
-then the distilled model: the pocket default), and reverse-1 (the base replaces the final step: the causal
+(the paper's 1-1 replacement; `base_schedule="shared"`, the pocket default), own-1 (the base on its own 50-step
+grid down to t=749, then the distilled model), and reverse-1 (the base replaces the final step: the causal
 control). Diversity spaces as `benchmarks/pocket.py`: "attr" is the mean pairwise L2 distance of the evaluator's
 standardised size/x/y/background read-out, "feat" 1 - cosine of its 128-d features, "pixel" RMS pixel distance.
+Failure modes per mode come from the pixels, not the evaluator (`divdistill.pocket.pixels`: empty, fragmented or
+smeared images), with the evaluator's shape accuracy; commitment compares layouts (object position and colour,
+background), which a blurry x0-hat shares with the sharp image it becomes.
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ from divdistill.metrics.distance import ImageDistance
 MODES: dict[str, tuple[str, dict[str, Any]]] = {
     "base": ("base (DDIM 50, CFG 4)", {"mode": "base"}),
     "distilled": ("distilled (4 LCM steps)", {"mode": "distilled"}),
-    "hybrid-1": ("hybrid k=1, shared schedule (paper's 1-1)", {"mode": "hybrid", "base_steps": 1,
+    "hybrid-1": ("hybrid k=1, shared schedule (paper's 1-1; pocket default)", {"mode": "hybrid", "base_steps": 1,
                                                                "base_schedule": "shared"}),
     "hybrid-2": ("hybrid k=2, shared schedule", {"mode": "hybrid", "base_steps": 2, "base_schedule": "shared"}),
-    "own-1": ("hybrid, base own DDIM to t=749 (pocket default)", {"mode": "hybrid", "base_steps": 1,
+    "own-1": ("hybrid, base own DDIM to t=749", {"mode": "hybrid", "base_steps": 1,
                                                                   "base_schedule": "own"}),
     "reverse-1": ("reverse: base replaces the final step", {"mode": "reverse", "base_steps": 1,
                                                             "base_schedule": "shared"}),
@@ -109,6 +112,29 @@ class AttributeDistance(ImageDistance):
         with torch.no_grad():
             x = self.evaluator.attribute_vector(images).double()
         return torch.cdist(x[None], x[None])[0].float()
+
+
+class LayoutDistance(ImageDistance):
+    """Distance of pixel layouts: object position and colour, background grey (`divdistill.pocket.pixels`)."""
+
+    name = "pocket-layout"
+    label = "layout (object position, colour, background)"
+
+    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from divdistill.pocket.pixels import layout_distance
+
+        return layout_distance(a, b)
+
+
+def failure_row(images: Sequence[torch.Tensor], prompts: Sequence[str], evaluator: Any) -> dict[str, float]:
+    """Share of failed images (empty, fragmented, smeared; from pixels) and the evaluator's shape accuracy."""
+    from divdistill.pocket.pixels import failure_rates
+    from divdistill.pocket.world import SHAPES, parse_caption
+
+    row = failure_rates(torch.cat(list(images)))
+    right = [(evaluator.read(x).shape == SHAPES.index(parse_caption(p).shape)).float() for x, p in zip(images, prompts)]
+    row["shape_accuracy"] = float(torch.cat(right).mean())
+    return row
 
 
 def measure_prompt(images: torch.Tensor, prompt: str, evaluator: Any, replicates: int, seed: int) -> dict[str, Any]:
@@ -228,6 +254,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, log: Callable[[s
         measured["real"] = [measure_prompt(x, p, evaluator, config.replicates, i)
                             for i, (x, p) in enumerate(zip(real_images, prompts))]  # fmt: skip
         result.table["real"] = {"label": "real (world)", **summarise(measured["real"], config.replicates),
+                                **failure_row(real_images, prompts, evaluator),
                                 "nfe": None, "seconds_per_image": None}  # fmt: skip
         for name, (label, kwargs) in MODES.items():
             seconds, nfe, batch = 0.0, 0, []
@@ -242,7 +269,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, log: Callable[[s
             measured[name] = [measure_prompt(x, p, evaluator, config.replicates, i)
                               for i, (x, p) in enumerate(zip(batch, prompts))]  # fmt: skip
             row = summarise(measured[name], config.replicates)
-            result.table[name] = {"label": label, **row, "nfe": nfe,
+            result.table[name] = {"label": label, **row, **failure_row(batch, prompts, evaluator), "nfe": nfe,
                                   "seconds_per_image": seconds / (len(prompts) * len(seeds))}  # fmt: skip
             say(f"  {name:10s} attr div {row['attr']['mean']:.3f}  adherence {row['adherence']['mean']:.3f}  "
                 f"NFE {nfe}  {seconds:.1f} s")  # fmt: skip
@@ -290,7 +317,7 @@ def trajectories(pipe: Any, evaluator: Any, prompts: Sequence[str], seeds: Seque
 
     decoder = pipeline_decoder(pipe)
     features = FeatureDistance(evaluator.features, name="pocket", label="evaluator features (1 - cos)")
-    distances = {"attr": AttributeDistance(evaluator), "feat": features}
+    distances = {"layout": LayoutDistance(), "attr": AttributeDistance(evaluator), "feat": features}
     decoded: dict[str, list[Any]] = {}
     for name in TRAJECTORY_MODES:
         runs = []
@@ -318,7 +345,7 @@ def trajectories(pipe: Any, evaluator: Any, prompts: Sequence[str], seeds: Seque
                         f"switch point, {switch.describe()}"))  # fmt: skip
         figures.append((f"diversity-{metric}.png", f"Diversity of x0-hat among seeds per step ({distance.label})."))
         curves += commit + spread
-        if metric == "attr":
+        if metric == "layout":
             base, distilled = commit[0], commit[1]
             quarter = max(0, len(base.mean) // 4 - 1)
             result.commitment = {
@@ -380,21 +407,26 @@ def targets(result: DemoResult) -> dict[str, dict[str, Any]]:
     def ratio(mode: str) -> float:
         return t[mode]["attr_vs_base"]
 
-    adherence_gap = t["hybrid-1"]["adherence"]["mean"] - t["distilled"]["adherence"]["mean"]
+    adherence_gap = t["hybrid-1"]["adherence"]["mean"] - t["base"]["adherence"]["mean"]
     base_effect = result.slider["effect"].get("base", math.nan)
     transfer = result.slider["effect"].get("distilled", math.nan) / base_effect if base_effect else math.nan
     commit = result.commitment
     commit_delta = commit["distilled_first_step"]["distance"] - commit["base_at_25pct"]["distance"]
+    worst_failed = max(t[mode]["failed"] for mode in MODES)
+    base_adherence, base_shape = t["base"]["adherence"]["mean"], t["base"]["shape_accuracy"]
     checks = {
         "distilled diversity <= 0.85 x base": (ratio("distilled"), ratio("distilled") <= 0.85),
-        "hybrid k=1 (shared) >= 0.95 x base": (ratio("hybrid-1"), ratio("hybrid-1") >= 0.95),
-        "hybrid k=1 adherence >= distilled - 0.05": (adherence_gap, adherence_gap >= -0.05),
-        "hybrid at the switch point (own-1) >= 0.95 x base at < half its NFE": (
-            ratio("own-1"), ratio("own-1") >= 0.95 and t["own-1"]["nfe"] < 0.5 * t["base"]["nfe"]),
+        "hybrid k=1 (shared) >= 0.95 x base at NFE <= distilled + 1": (
+            ratio("hybrid-1"), ratio("hybrid-1") >= 0.95 and t["hybrid-1"]["nfe"] <= t["distilled"]["nfe"] + 1),
         "replacing the final step (reverse-1) does not restore (< 0.95 x base)": (
             ratio("reverse-1"), ratio("reverse-1") < 0.95),
+        "own-1 (base's own grid to t=749) >= 0.95 x base": (ratio("own-1"), ratio("own-1") >= 0.95),
+        "base adherence >= 0.85": (base_adherence, base_adherence >= 0.85),
+        "base shape accuracy >= 0.9": (base_shape, base_shape >= 0.9),
+        "hybrid k=1 adherence >= base - 0.05": (adherence_gap, adherence_gap >= -0.05),
+        "empty/fragmented/smeared images <= 2% in every mode": (worst_failed, worst_failed <= 0.02),
         "slider transfer: distilled effect same sign and >= 0.5 x base": (transfer, transfer >= 0.5),
-        "commitment: distilled step 1 closer to final than base after 25%": (commit_delta, commit_delta < 0),
+        "commitment: distilled step-1 layout distance <= base's after 25%": (commit_delta, commit_delta <= 0),
     }  # fmt: skip
     return {name: {"value": value, "pass": bool(ok)} for name, (value, ok) in checks.items()}
 
@@ -413,13 +445,14 @@ def _ci(entry: dict[str, float], digits: int = 3) -> str:
 
 
 TABLE_HEADER = ("mode", "attr div [95% CI]", "/base", "feat div [95% CI]", "pixel div [95% CI]",
-                "adherence [95% CI]", "NFE", "s/image")  # fmt: skip
+                "adherence [95% CI]", "shape acc.", "failed", "NFE", "s/image")  # fmt: skip
 
 
 def table_rows(result: DemoResult) -> list[list[str]]:
     return [
         [name, _ci(row["attr"]), _fmt(row["attr_vs_base"], 2), _ci(row["feat"]), _ci(row["pixel"]),
-         _ci(row["adherence"]), _fmt(row["nfe"]), _fmt(row["seconds_per_image"], 4)]
+         _ci(row["adherence"]), _fmt(row["shape_accuracy"], 3), _fmt(row["failed"], 3), _fmt(row["nfe"]),
+         _fmt(row["seconds_per_image"], 4)]
         for name, row in result.table.items()
     ]  # fmt: skip
 
@@ -462,12 +495,13 @@ def _figure(src: str, caption: str) -> str:
 
 
 NOTES = (
-    "Hybrid k=1 on the shared (distilled) schedule cannot restore diversity for this pair: the pocket base has "
-    "zero terminal SNR, so its x0-hat at t=999 is the prompt's mean image for every seed, and LCM re-noises it "
-    "with fresh noise (docs/pocket.md, 'A structural consequence'). The base running its own DDIM grid down to "
-    "t=749 (own-1, the pocket default) keeps the seed and is the hybrid that works here. The distilled model's "
-    "first x0-hat (t=999, pure noise) has little to read for the same reason, so the commitment target is not "
-    "expected to hold; its layout is fixed at its second step (t=749)."
+    "The pocket schedule is SDXL's own (not zero-terminal-SNR), its SNR shifted x16: pure noise at t=999 is "
+    "nearly in distribution (per-pixel SNR 0.075), while an object's layout-scale SNR there is ~1.2, so the base's "
+    "first x0-hat already reads the seed's layout and the paper's hybrid (k=1 on the distilled schedule, the "
+    "pocket default) hands that layout to the student (docs/pocket.md). 'failed' counts empty, fragmented or "
+    "smeared images, read from the pixels; commitment compares layouts (position, colour, background). The base "
+    "commits early in this regime too, so the commitment target compares the student's first step with a base "
+    "that has already fixed most of its layout by 25% of its steps."
 )
 
 

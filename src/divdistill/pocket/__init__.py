@@ -26,10 +26,10 @@ POCKET_DEFAULTS = SamplingDefaults(
     guidance_scale=0.0,
     base_guidance_scale=4.0,
     base_num_inference_steps=50,
-    # At zero terminal SNR the base's t=999 prediction is the prompt's mean image for every seed, and the LCM
-    # re-noising then discards the seed, so the 1-1 replacement cannot carry the base's diversity here (see
-    # docs/pocket.md); the base runs its own 50-step grid down to t=749 instead (the engine's "own" schedule).
-    base_schedule="own",
+    # The paper's hybrid: the base replaces the student's first step on the student's own schedule. The pocket
+    # schedule keeps SDXL's non-zero terminal SNR (shifted x16), so the base's t=999 x0-hat already reads the
+    # seed's layout (docs/pocket.md); base_schedule="own" (the base's 50-step grid to t=749) stays a variant.
+    base_schedule="shared",
     height=32,
     width=32,
 )

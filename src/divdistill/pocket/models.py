@@ -2,8 +2,9 @@
 
 Both models are ordinary `StableDiffusionPipeline` folders (model_index.json, unet/, vae/, text_encoder/,
 tokenizer/, scheduler/), so `StableDiffusionPipeline.from_pretrained(folder)` and divdistill load them like any
-published pair. The VAE downsamples 32 px images by 4 to 4 x 8 x 8 latents; the schedule is SDXL's, zero-terminal-SNR
-rescaled and shifted to 8 x 8 latents (`divdistill.pocket.snr`); the networks predict v.
+published pair. The VAE downsamples 32 px images by 4 to 4 x 8 x 8 latents; the schedule is SDXL's with its SNR
+multiplied by 16, so that the first step at t = 999 can read an object's layout from the seed
+(`divdistill.pocket.snr`); the networks predict v.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from divdistill.pocket.snr import pocket_betas
+from divdistill.pocket.snr import DEFAULT_SNR_SHIFT, pocket_betas
 from divdistill.pocket.tokenizer import MODEL_MAX_LENGTH, vocab_size, write_pocket_tokenizer
 from divdistill.pocket.world import RESOLUTION
 
@@ -40,7 +41,8 @@ class PocketConfig:
     text_heads: int = 4
     text_intermediate: int = 128
     norm_groups: int = 8
-    zero_terminal_snr: bool = True  # False: SDXL's schedule shifted as is (terminal SNR 1.2; see snr.py)
+    snr_shift: float = DEFAULT_SNR_SHIFT  # SDXL's SNR times this (snr.py: the layout-scale argument)
+    zero_terminal_snr: bool = False  # True: Lin et al.'s rescale before the shift (the previous set's ablation)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -55,6 +57,10 @@ class PocketConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PocketConfig:
+        data = dict(data)
+        if "snr_shift" not in data:  # written before the shift was a setting: ZTSNR x 256, or the literal x 256
+            data.setdefault("zero_terminal_snr", True)
+            data["snr_shift"] = 256.0
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -146,13 +152,15 @@ def build_text_encoder(config: PocketConfig):
 def scheduler_config(config: PocketConfig) -> dict[str, Any]:
     """The base's DDIM config: the derived schedule as trained_betas, v-prediction, trailing spacing.
 
+    v-prediction keeps the target well scaled at both ends of the schedule (epsilon is nearly the input at the
+    low-SNR end, x0 at the high end), and stays defined in the zero-terminal-SNR ablation. There
     `rescale_betas_zero_snr` is set although the betas already reach zero terminal SNR (rescaling them again is
     the identity): it tells every scheduler built from this config that abar_T = 0 (Euler then clamps it to
     2**-24 so its first sigma is finite).
     """
     return {
         "num_train_timesteps": 1000,
-        "trained_betas": pocket_betas(config.latent_size, zero_terminal=config.zero_terminal_snr),
+        "trained_betas": pocket_betas(config.snr_shift, zero_terminal=config.zero_terminal_snr),
         "rescale_betas_zero_snr": config.zero_terminal_snr,
         "prediction_type": "v_prediction",
         "timestep_spacing": "trailing",

@@ -44,7 +44,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "cpu": {
         "evaluator": {"steps": 1600, "batch": 64},
-        "base": {"vae_steps": 1000, "vae_batch": 64, "steps": 3000, "batch": 64, "bank_size": 16384},
+        "base": {"vae_steps": 1000, "vae_batch": 64, "steps": 6000, "batch": 64, "bank_size": 16384},
         "distilled": {"steps": 1800, "batch": 64},
     },
 }
@@ -207,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--schedule",
-        choices=("ztsnr", "shift"),
-        default="ztsnr",
-        help="base noise schedule: SDXL zero-terminal-SNR then shifted (default), or SDXL's shifted as is",
+        choices=("shift", "ztsnr"),
+        default="shift",
+        help="base noise schedule: SDXL's with its SNR shifted by --snr-shift (default), or made zero-terminal-SNR "
+        "first (the ablation; its shift defaults to 256)",
     )
+    parser.add_argument("--snr-shift", type=float, default=None, help="SNR multiplier (default 16; 256 for ztsnr)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     parser.add_argument("--install", action="store_true", help="copy the finished models into the package")
@@ -252,8 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     overrides: dict[str, dict[str, Any]] = {"evaluator": {}, "base": {}, "distilled": {}}
-    if args.schedule == "shift":
-        overrides["base"]["model"] = PocketConfig(zero_terminal_snr=False)
+    if args.schedule == "ztsnr" or args.snr_shift is not None:
+        ztsnr = args.schedule == "ztsnr"
+        shift = args.snr_shift if args.snr_shift is not None else (256.0 if ztsnr else PocketConfig().snr_shift)
+        overrides["base"]["model"] = PocketConfig(zero_terminal_snr=ztsnr, snr_shift=shift)
     for value, model, key in (
         (args.evaluator_steps, "evaluator", "steps"),
         (args.vae_steps, "base", "vae_steps"),
