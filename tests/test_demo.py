@@ -48,7 +48,11 @@ def test_quick_demo_writes_every_file_and_the_page_loads(tmp_path, capsys) -> No
     assert table["base"]["nfe"] == 100 and table["distilled"]["nfe"] == 4
     assert table["hybrid-1"]["nfe"] == 5 and table["hybrid-2"]["nfe"] == 6 and table["reverse-1"]["nfe"] == 5
     assert table["base"]["attr_vs_base"] == pytest.approx(1.0)
-    assert len(result["targets"]) == 7
+    assert len(result["targets"]) == 10
+    for name in ("real", *MODES):
+        assert 0 <= table[name]["failed"] <= 1 and 0 <= table[name]["shape_accuracy"] <= 1
+    assert table["real"]["failed"] == 0 and table["real"]["shape_accuracy"] == 1.0
+    assert result["commitment"]["metric"].startswith("layout")
     assert all(isinstance(t["pass"], bool) for t in result["targets"].values())
     assert set(result["slider"]["effect"]) == {"base", "distilled", "hybrid"}
 
@@ -56,6 +60,7 @@ def test_quick_demo_writes_every_file_and_the_page_loads(tmp_path, capsys) -> No
         rows = list(csv.DictReader(handle))
     assert [r["mode"] for r in rows] == ["real", *MODES]
     assert all(math.isfinite(float(r["attr_mean"])) for r in rows)
+    assert all(0 <= float(r["failed"]) <= 1 for r in rows)
     with (out / "slider.csv").open() as handle:
         slider = list(csv.DictReader(handle))
     scales = result["config"]["scales"]

@@ -61,6 +61,7 @@ METRIC_LABELS = {
     "feat": "feature div. (evaluator, 1 - cos)",
     "pixel": "pixel div. (RMS)",
 }
+FAILURE_COLUMNS = ("failed", "empty", "fragmented", "smeared")
 SLIDER_NAME = "size"
 SLIDER_PROMPTS = ("a circle", "a red circle", "a blue square", "a green triangle")
 
@@ -569,10 +570,12 @@ def write_outputs(out: Path, result: DemoResult, grids: Sequence[tuple[str, str]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["mode", "label", *[f"{m}_{k}" for m in (*METRICS, "adherence") for k in ("mean", "low", "high")],
-                     "attr_vs_base", "nfe", "seconds_per_image"])  # fmt: skip
+                     "attr_vs_base", "shape_accuracy", *FAILURE_COLUMNS, "nfe", "seconds_per_image"])  # fmt: skip
     for name, row in result.table.items():
         values = [row[m][k] for m in (*METRICS, "adherence") for k in ("mean", "low", "high")]
-        writer.writerow([name, row["label"], *values, row["attr_vs_base"], row["nfe"] if row["nfe"] is not None else "",
+        failures = [row["shape_accuracy"], *[row[k] for k in FAILURE_COLUMNS]]
+        writer.writerow([name, row["label"], *values, row["attr_vs_base"], *failures,
+                         row["nfe"] if row["nfe"] is not None else "",
                          row["seconds_per_image"] if row["seconds_per_image"] is not None else ""])  # fmt: skip
     with atomic_write(out / "modes.csv", "w") as handle:
         handle.write(buffer.getvalue())
