@@ -133,13 +133,14 @@ def test_pocket_cli_own_segment_runs_the_base_down_to_the_hand_off(tmp_path: Pat
 # ----------------------------------------------------------------------------------------------- pocket --base-steps
 @POCKET
 def test_pocket_base_steps_covering_every_step_runs_the_shared_steps() -> None:
-    """The pocket pair's default base_schedule="own" is a hand-off setting: --base-steps 4 (no hand-off) used
-    to become the base alone on 4 steps of its own grid; it now runs the 4 shared steps it names."""
+    """--base-steps 4 (no hand-off) on a pair whose default base_schedule is "own" used to become the base alone on
+    4 steps of its own grid; it now runs the 4 shared steps it names. (The shipped pocket pair now defaults to the
+    shared schedule, so the pair is given the old "own" default here.)"""
     import torch
 
-    from divdistill import HybridPipeline
+    from divdistill.pocket import pocket_pipeline
 
-    pipe = HybridPipeline.from_preset("pocket")
+    pipe = pocket_pipeline(base_schedule="own")
     out = pipe("a red circle", base_steps=4, output_type="latent", generator=torch.manual_seed(0))
     assert _steps(out) == [("base", 999), ("base", 749), ("base", 499), ("base", 249)]
     assert out.settings["base_schedule"] == "shared" and out.nfe == 8
@@ -151,6 +152,17 @@ def test_pocket_base_steps_covering_every_step_runs_the_shared_steps() -> None:
         ("distilled", 499),
         ("distilled", 249),
     ]
+    assert _steps(own)[1] == ("base", 979)  # the base's own 50-step grid
+
+
+def test_pocket_preset_defaults_to_the_papers_hybrid() -> None:
+    import torch
+
+    from divdistill import HybridPipeline
+
+    out = HybridPipeline.from_preset("pocket")("a red circle", output_type="latent", generator=torch.manual_seed(0))
+    assert _steps(out) == [("base", 999), ("distilled", 749), ("distilled", 499), ("distilled", 249)]
+    assert out.settings["base_schedule"] == "shared" and out.nfe == 5
 
 
 # ----------------------------------------------------------------------------------------------- binning
