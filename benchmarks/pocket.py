@@ -6,7 +6,8 @@
 
 Every mode samples the same prompts with the same seeds (seed s gives image s of every mode the same initial
 noise). Modes: base (its own 50-step DDIM, CFG 4), distilled (4 LCM steps), hybrid k=1 and k=2 (the base on the
-distilled schedule for the first k steps; the paper's 1-1 replacement), own-k (the base on its own 50-step schedule
+distilled schedule for the first k steps; the paper's 1-1 replacement; "hybrid-1@cfg2" runs that base step at CFG
+2 instead of 4), own-k (the base on its own 50-step schedule
 down to the distilled schedule's k-th timestep, then the distilled model), and the causal control "reverse"
 (the base replaces the *final* step).
 
@@ -42,6 +43,7 @@ MODES = {
     "distilled": {"mode": "distilled"},
     "hybrid-1": {"mode": "hybrid", "base_steps": 1, "base_schedule": "shared"},
     "hybrid-2": {"mode": "hybrid", "base_steps": 2, "base_schedule": "shared"},
+    "hybrid-1@cfg2": {"segments": "base:1@cfg2,distilled:3"},  # the base step at a milder CFG (the paper's ablation)
     "own-1": {"segments": "base:1@own,distilled:3"},
     "own-2": {"segments": "base:2@own,distilled:2"},
     "reverse-1": {"mode": "reverse", "base_steps": 1},
