@@ -6,7 +6,7 @@ ways a small generator fails:
 
 - `failure_kinds`: an image is **empty** when almost nothing differs from its background, **fragmented** when
   what differs is not one connected object, **smeared** when it covers far more than the largest world shape.
-  A world image is never any of these (a test checks 4,096 of them).
+  A world image is never any of these (a test checks 2,048 of them).
 - `layout_vector`: where the object is, what colour it is and the background's grey, computed from the
   difference to the background as weights, so a blurry x0-hat (an early prediction of the clean image) has the
   same layout as the sharp image it becomes. The commitment measure compares layouts the way the paper's
