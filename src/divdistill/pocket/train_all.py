@@ -34,8 +34,8 @@ from divdistill.pocket.train_evaluator import EvaluatorTrainConfig, EvaluatorTra
 from divdistill.pocket.training import resolve_device, seconds_per_step, set_threads
 
 #: Step counts and batch sizes per profile. "gpu": about 4 minutes of training on one H200 (measured seconds per
-#: step: evaluator 0.019, VAE 0.040, base 0.076, distillation 0.131); "cpu": about 40 minutes on 2 shared cores
-#: with one thread (0.17, 0.53, 0.27, 0.44). See docs/pocket.md.
+#: step: evaluator 0.019, VAE 0.040, base 0.076, distillation 0.131); "cpu": about 51 minutes on 2 shared cores
+#: with one thread (0.17, 0.43, 0.23, 0.51). See docs/pocket.md.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "gpu": {
         "evaluator": {"steps": 500, "batch": 256},
