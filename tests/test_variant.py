@@ -105,7 +105,8 @@ def pipe() -> HybridPipeline:
 def _sample(pipe: HybridPipeline, text: str) -> torch.Tensor:
     kwargs = parse_variant(text).pipeline_kwargs()
     generator = torch.Generator().manual_seed(3)
-    return pipe("a cat", timesteps=LCM4, generator=generator, output_type="latent", height=64, width=64, **kwargs).images
+    out = pipe("a cat", timesteps=LCM4, generator=generator, output_type="latent", height=64, width=64, **kwargs)
+    return out.images
 
 
 @pytest.mark.parametrize(
