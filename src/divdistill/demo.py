@@ -169,37 +169,12 @@ def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 # ----------------------------------------------------------------------------------------------- figures
-def _font(size: int = 11) -> Any:
-    from divdistill.trajectory.render import _font as font
-
-    return font(size)
-
-
 def image_grid(rows: Sequence[tuple[str, Sequence[torch.Tensor]]], columns: Sequence[str], path: Path,
                title: str = "", cell: int = 64) -> Path:  # fmt: skip
-    """A labelled grid: one row per (label, images), one column per column title; images [3, H, W] in [0, 1]."""
-    from PIL import Image, ImageDraw
+    """A labelled grid (`divdistill.images.labelled_grid`) written to `path`."""
+    from divdistill.images import labelled_grid, save_image_atomic
 
-    from divdistill.trajectory.render import save_image, to_pil
-
-    font = _font(11)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = max([probe.textbbox((0, 0), label, font=font)[2] for label, _ in rows] + [10]) + 10
-    top = 18 + (18 if title else 0)
-    width = label_width + len(columns) * (cell + 2) + 2
-    canvas = Image.new("RGB", (width, top + len(rows) * (cell + 2) + 2), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((4, 2), title, fill=(30, 30, 30), font=font)
-    for c, text in enumerate(columns):
-        draw.text((label_width + c * (cell + 2) + 2, top - 16), text, fill=(30, 30, 30), font=font)
-    for r, (label, images) in enumerate(rows):
-        y = top + r * (cell + 2)
-        draw.text((4, y + cell // 2 - 6), label, fill=(30, 30, 30), font=font)
-        for c, image in enumerate(images):
-            tile = to_pil(image).resize((cell, cell), Image.NEAREST)
-            canvas.paste(tile, (label_width + c * (cell + 2) + 2, y + 1))
-    return save_image(canvas, path)
+    return save_image_atomic(labelled_grid(rows, columns, title=title, cell=cell), path)
 
 
 def _slug(text: str) -> str:

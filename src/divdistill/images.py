@@ -1,4 +1,5 @@
-"""Writing results: atomic image and JSON writes, and contact sheets.
+"""Writing results: atomic image and JSON writes, float -> uint8 pixels, and the one grid painter (contact
+sheets, labelled grids, trajectory figures).
 
 Atomic means: write a temporary file in the target's folder, flush it to disk, then `os.replace` it onto the
 final name. A crash at any point leaves either the old file or none, never a half-written one under the final
@@ -106,11 +107,146 @@ def write_json_stream_atomic(fields: Iterable[tuple[str, Any]], path: str | Path
     return Path(path)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+# ----------------------------------------------------------------------------------------------- pixels
+def to_uint8(images: Any) -> Any:
+    """Float images in [0, 1] (a torch tensor of any shape) to uint8 the way diffusers' `numpy_to_pil` rounds
+    them: clamp to [0, 1], times 255, round half to even. uint8 input is returned as it is (on the CPU).
+
+    The one float -> uint8 conversion of the library (decoded trajectories, grids, control sheets), so a PNG
+    written anywhere holds the same bytes for the same float image."""
+    import torch  # lazy: `import divdistill.images` (the CLI's atomic writes) must not pay for torch
+
+    if images.dtype == torch.uint8:
+        return images.detach().cpu()
+    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def to_pil(image: Any) -> Image.Image:
+    """A PIL image as it is, or a [3, H, W] torch image (uint8, or float in [0, 1]) as an RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image
+    return Image.fromarray(to_uint8(image).permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+
+# ----------------------------------------------------------------------------------------------- grids
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at `size` pixels (the bitmap font where Pillow is too old or lacks FreeType)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
         return ImageFont.load_default()
+
+
+_font = font  # the name tests and older callers use
+
+
+def text_size(text: str, font: Any, spacing: int = 2) -> tuple[int, int]:
+    """Width and height of (multi-line) `text` as `Grid` draws it."""
+    left, top, right, bottom = _PROBE.multiline_textbbox((0, 0), text or " ", font=font, spacing=spacing)
+    return right - left, bottom - top
+
+
+_PROBE = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
+
+
+def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` resized to `size`: nearest neighbour for integer enlargements (pixels stay sharp), else Lanczos."""
+    if image.size == size:
+        return image
+    enlarge = size[0] >= image.width and size[0] % image.width == 0
+    return image.resize(size, Image.Resampling.NEAREST if enlarge else Image.Resampling.LANCZOS)
+
+
+class Grid:
+    """The one grid painter: a table of equal image cells, with an optional band on top (title and column
+    labels), an optional label column on the left (row labels) and an optional caption band under every cell.
+
+    Geometry: cell (row, column) starts at x = label + padding + column * (cell_w + padding) and
+    y = header + padding + row * (cell_h + caption + padding); the canvas is just large enough for `rows` x
+    `columns` cells and a final `padding`. Contact sheets, the demo's labelled grids and the trajectory figures
+    are all drawn with it, so they share one layout rule and one text style.
+    """
+
+    def __init__(self, rows: int, columns: int, cell: tuple[int, int], *, header: int = 0, label: int = 0,
+                 caption: int = 0, padding: int = 4, background: tuple[int, int, int] = WHITE,
+                 ink: tuple[int, int, int] = BLACK, spacing: int = 2):  # fmt: skip
+        if rows < 1 or columns < 1:
+            raise ValueError(f"A grid needs at least one row and one column, got {rows} x {columns}.")
+        self.cell, self.header, self.label, self.caption, self.pad = cell, header, label, caption, padding
+        self.ink, self.spacing = ink, spacing
+        width = label + columns * (cell[0] + padding) + padding
+        height = header + rows * (cell[1] + caption + padding) + padding
+        self.image = Image.new("RGB", (width, height), background)
+        self.draw = ImageDraw.Draw(self.image)
+
+    def origin(self, row: int, column: int) -> tuple[int, int]:
+        """Top-left pixel of the cell (row, column)."""
+        return (
+            self.label + self.pad + column * (self.cell[0] + self.pad),
+            self.header + self.pad + row * (self.cell[1] + self.caption + self.pad),
+        )
+
+    def text(self, xy: tuple[int, int], text: str, font: Any) -> None:
+        """Draw (multi-line) text in the grid's ink."""
+        self.draw.multiline_text(xy, text, fill=self.ink, font=font, spacing=self.spacing)
+
+    def paste(self, row: int, column: int, image: Any, caption: str | None = None, font: Any = None, *,
+              resize: bool = True, caption_at: tuple[int, int] = (0, 1)) -> None:  # fmt: skip
+        """Put `image` (PIL or a torch image) into a cell: resized to the cell (`fit`), or, with `resize=False`,
+        centred in it at its own size; `caption` is drawn under the cell, offset by `caption_at`."""
+        picture = to_pil(image).convert("RGB")
+        x, y = self.origin(row, column)
+        if resize:
+            self.image.paste(fit(picture, self.cell), (x, y))
+        else:
+            left, top = (self.cell[0] - picture.width) // 2, (self.cell[1] - picture.height) // 2
+            self.image.paste(picture, (x + left, y + top))
+        if caption:
+            self.text((x + caption_at[0], y + self.cell[1] + caption_at[1]), caption, font)
+
+    def column_title(self, column: int, text: str, font: Any, top: int = 2) -> None:
+        """A column label in the top band, left-aligned with the column, `top` pixels from the top."""
+        self.text((self.origin(0, column)[0], top), text, font)
+
+    def row_title(self, row: int, text: str, font: Any) -> None:
+        """A row label in the left column, centred on the row's cells."""
+        _, y = self.origin(row, 0)
+        self.text((4, y + (self.cell[1] - text_size(text, font, self.spacing)[1]) // 2), text, font)
+
+    def title(self, text: str, font: Any) -> None:
+        """A title at the top left, above the column labels."""
+        self.text((4, 2), text, font)
+
+
+def labelled_grid(
+    rows: Sequence[tuple[str, Sequence[Any]]],
+    columns: Sequence[str],
+    title: str = "",
+    cell: int = 64,
+    font_size: int = 11,
+) -> Image.Image:
+    """A grid with labelled rows and columns: one row per (label, images), one column per column label; images
+    are PIL or torch [3, H, W] (uint8 or float in [0, 1]), shown `cell` pixels square."""
+    if not rows:
+        raise ValueError("labelled_grid needs at least one row.")
+    face = font(font_size)
+    label_width = max([text_size(label, face)[0] for label, _ in rows] + [10]) + 10
+    title_height = text_size(title, face)[1] + 6 if title else 0
+    header = title_height + max([text_size(text, face)[1] for text in columns] + [0]) + 8
+    width = max([len(columns)] + [len(images) for _, images in rows])
+    grid = Grid(len(rows), width, (cell, cell), header=header, label=label_width, padding=2, ink=(30, 30, 30))
+    if title:
+        grid.title(title, face)
+    for column, text in enumerate(columns):
+        grid.column_title(column, text, face, top=title_height + 2)
+    for row, (label, images) in enumerate(rows):
+        grid.row_title(row, label, face)
+        for column, image in enumerate(images):
+            grid.paste(row, column, image)
+    return grid.image
 
 
 #: Contact sheets show images smaller than this (pixels, the larger side) enlarged by an integer factor with
@@ -145,27 +281,17 @@ def contact_sheet(
         factor = -(-min_cell // largest)
         nearest = Image.Resampling.NEAREST
         images = [image.resize((image.width * factor, image.height * factor), nearest) for image in images]
-    cell_w = max(image.width for image in images)
-    cell_h = max(image.height for image in images)
-    font = _font(max(10, cell_w // 20)) if labels is not None else None
+    cell = (max(image.width for image in images), max(image.height for image in images))
+    face = font(max(10, cell[0] // 20)) if labels is not None else None
     label_h = 0
-    if font is not None and labels is not None:
-        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        label_h = max(probe.textbbox((0, 0), text or " ", font=font)[3] for text in labels) + 2 * padding
-    sheet = Image.new(
-        "RGB",
-        (columns * cell_w + (columns + 1) * padding, rows * (cell_h + label_h) + (rows + 1) * padding),
-        background,
-    )
-    draw = ImageDraw.Draw(sheet)
+    if face is not None and labels is not None:
+        label_h = max(_PROBE.textbbox((0, 0), text or " ", font=face)[3] for text in labels) + 2 * padding
+    grid = Grid(rows, columns, cell, caption=label_h, padding=padding, background=background)
     for index, image in enumerate(images):
         row, column = divmod(index, columns)
-        x = padding + column * (cell_w + padding)
-        y = padding + row * (cell_h + label_h + padding)
-        sheet.paste(image.convert("RGB"), (x + (cell_w - image.width) // 2, y + (cell_h - image.height) // 2))
-        if font is not None and labels is not None and labels[index]:
-            draw.text((x + padding, y + cell_h + padding), labels[index], fill=(0, 0, 0), font=font)
-    return sheet
+        caption = labels[index] if labels is not None else None
+        grid.paste(row, column, image, caption, face, resize=False, caption_at=(padding, padding))
+    return grid.image
 
 
 #: Contact sheets from files: at most this many images (spread evenly over the job), shown at full size up to
