@@ -20,6 +20,7 @@ from divdistill.trajectory import (
     TrajectoryRecorder,
     commitment_curve,
     curve_from_values,
+    decode_trajectory,
     diversity_curve,
     pipeline_decoder,
     suggest_switch_point,
@@ -173,7 +174,7 @@ def test_identical_seeds_have_zero_diversity_and_every_run_ends_committed(lcm_pi
         calls.append(latents.shape[0])
         return vae(latents)
 
-    decoded = out.trajectory.decode(counting, chunk_size=4)
+    decoded = decode_trajectory(out.trajectory, counting, chunk_size=4)
     assert calls == [4, 4, 1]  # 3 steps x 3 images in chunks of 4; the final image is the last x0-hat
     assert decoded.x0.shape == (3, 3, 3, 32, 32) and decoded.x0.dtype == torch.uint8
     torch.testing.assert_close(decoded.final_float(), out.images, atol=1 / 255, rtol=0)
