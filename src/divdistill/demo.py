@@ -287,7 +287,8 @@ def trajectories(pipe: Any, evaluator: Any, prompts: Sequence[str], seeds: Seque
                  result: DemoResult) -> list[tuple[str, str]]:  # fmt: skip
     """Record x0-hat trajectories per mode, draw the side-by-side figure and the curves, measure commitment."""
     from divdistill.metrics.distance import FeatureDistance
-    from divdistill.trajectory import commitment_curve, diversity_curve, pipeline_decoder, suggest_switch_point
+    from divdistill.trajectory import commitment_curve, decode_trajectory, diversity_curve, pipeline_decoder
+    from divdistill.trajectory import suggest_switch_point
     from divdistill.trajectory.render import plot_curves, side_by_side
     from divdistill.trajectory.report import write_curves_csv, write_curves_json
 
@@ -302,7 +303,7 @@ def trajectories(pipe: Any, evaluator: Any, prompts: Sequence[str], seeds: Seque
                           return_trajectory=True, **MODES[name][1])  # fmt: skip
             trajectory = output.trajectory
             trajectory.label = name
-            runs.append(trajectory.decode(decoder, x_t=(i == 0)))
+            runs.append(decode_trajectory(trajectory, decoder, x_t=(i == 0)))
         decoded[name] = runs
     figures: list[tuple[str, str]] = []
     side_by_side({name: runs[0] for name, runs in decoded.items()}, out / "trajectories.png", image=0,

@@ -289,7 +289,7 @@ class HybridPipeline:
         total = sum(len(s.timesteps) for s in stages)
         recorder = None
         if return_trajectory:
-            from divdistill.trajectory.recorder import TrajectoryRecorder, chain_callbacks
+            from divdistill.recording import TrajectoryRecorder, chain_callbacks
 
             recorder = TrajectoryRecorder()
             callback = chain_callbacks(callback, recorder)
