@@ -9,7 +9,9 @@ FLUX.1-dev and FLUX.1-schnell (black-forest-labs), and the scheduler configs tho
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
 
 from divdistill.defaults import SamplingDefaults
@@ -85,7 +87,11 @@ class Preset:
         }
 
 
-PRESETS: dict[str, Preset] = {
+#: Entry-point group through which packages add presets: each entry names a callable returning Presets (the
+#: shipped pocket pair registers itself so, `divdistill.pocket.plugin:presets`).
+PRESET_GROUP = "divdistill.presets"
+
+_BUILT_IN: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset(
@@ -244,19 +250,44 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+class PresetRegistry(Mapping[str, Preset]):
+    """The presets by name: the built-in ones, then those entry points add, read on first use.
+
+    Discovery is lazy so that importing this module (argument parsing, `divdistill --help`) loads no plugin, and
+    this module never imports one: a plugin imports `Preset` from here, not the other way round.
+    """
+
+    def __init__(self, built_in: dict[str, Preset], group: str) -> None:
+        self._presets = dict(built_in)
+        self._group = group
+        self._discovered = False
+
+    def _all(self) -> dict[str, Preset]:
+        if not self._discovered:
+            self._discovered = True
+            for point in entry_points(group=self._group):
+                for preset in point.load()():
+                    if preset.name in self._presets:
+                        raise ValueError(f"the preset {preset.name!r} of entry point {point.value} is already defined")
+                    self._presets[preset.name] = preset
+        return self._presets
+
+    def __getitem__(self, name: str) -> Preset:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+PRESETS: Mapping[str, Preset] = PresetRegistry(_BUILT_IN, PRESET_GROUP)
+
+
 def get_preset(name: str) -> Preset:
     """Look up a preset, with the list of known names in the error."""
     try:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.") from None
-
-
-def _pocket_preset() -> Preset:
-    """The shipped pocket pair (folders inside the package; no download)."""
-    from divdistill.pocket import pocket_preset
-
-    return pocket_preset()
-
-
-PRESETS["pocket"] = _pocket_preset()

@@ -19,6 +19,32 @@ class PairMismatchError(ValueError):
 
 
 @dataclass(frozen=True)
+class SliderTraining:
+    """How `divdistill slider train` finds a family's trainable layers (the Concept Sliders LoRANetwork's choice).
+
+    `blocks` are the network's block classes whose Linear/Conv2d layers a slider trains; `conv_blocks` the
+    blocks whose convolutions it adds with `conv=True`. Families without one cannot train sliders (their VP
+    objective and layer choice are not implemented), though their LoRAs still apply.
+    """
+
+    blocks: tuple[str, ...]
+    conv_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KohyaConversion:
+    """Which diffusers converter reads a family's kohya LoRA files (`<pipeline_class>.lora_state_dict`).
+
+    `rewrites_tensors`: the converter changes the tensors themselves (FLUX: fused qkv split in three, alpha
+    folded into the factors), so its output is used as is; otherwise it only renames keys (SD/SDXL UNets), which
+    divdistill traces back key by key and checks against the network's own module names.
+    """
+
+    pipeline_class: str
+    rewrites_tensors: bool = False
+
+
+@dataclass(frozen=True)
 class NetworkInputs:
     """Everything one network call needs besides the latent and the timestep, built once per run.
 
@@ -43,19 +69,29 @@ class Family(ABC):
     """
 
     name: str
+    #: diffusers class names of the family's pipeline and denoising network (what `divdistill.loading` builds).
+    pipeline_class: str
+    network_class: str
+    #: The pipeline attribute holding the denoising network, and what messages call it.
+    network_component: str = "unet"
+    network_label: str = "UNet"
     convention: LatentConvention = VP
     #: Whether `sampling_size` can snap to trained aspect-ratio bins (PixArt); elsewhere resolution_binning is
     #: refused rather than recorded as on while doing nothing.
     supports_resolution_binning: bool = False
-    #: Component names of the text side; a pair shares prompts when all of them are the same objects.
-    text_components: tuple[str, ...] = (
-        "text_encoder",
-        "text_encoder_2",
-        "text_encoder_3",
-        "tokenizer",
-        "tokenizer_2",
-        "tokenizer_3",
-    )
+    #: Component names of the text side: the encoders (moved as one part by model CPU offload) and tokenizers.
+    #: A pair shares prompts when all of them are the same objects; `load_pair` shares them with the distilled.
+    text_encoders: tuple[str, ...] = ("text_encoder",)
+    tokenizers: tuple[str, ...] = ("tokenizer",)
+    #: Slider training's layer choice (None: the family cannot train sliders).
+    slider: SliderTraining | None = None
+    #: The diffusers converter of the family's kohya LoRA files (None: kohya keys are matched by name only).
+    kohya: KohyaConversion | None = None
+
+    @property
+    def text_components(self) -> tuple[str, ...]:
+        """Every text-side component name (encoders, then tokenizers)."""
+        return (*self.text_encoders, *self.tokenizers)
 
     @abstractmethod
     def matches(self, pipe: Any) -> bool:
@@ -135,7 +171,17 @@ class Family(ABC):
 
     def network(self, pipe: Any) -> torch.nn.Module:
         """The denoising network of a pipeline."""
-        return pipe.unet
+        return getattr(pipe, self.network_component)
+
+    def owns_network(self, network: torch.nn.Module) -> bool:
+        """Whether a bare denoising network is of this family's network class (a LoRA's target, say)."""
+        return type(network).__name__ == self.network_class
+
+    def diffusers_classes(self) -> tuple[Any, Any]:
+        """The diffusers (pipeline class, network class) of the family."""
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class), getattr(diffusers, self.network_class)
 
     def default_size(self, pipe: Any) -> int:
         """Native resolution in pixels."""

@@ -24,11 +24,7 @@ import torch
 
 from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.conventions import FLOW, FLOW_PREDICTION, exact_sigma_scheduler
-from divdistill.families.base import Family, NetworkInputs, config_problems, vae_problems
-
-
-def _class_name(module: Any) -> str:
-    return type(module).__name__ if module is not None else ""
+from divdistill.families.base import Family, KohyaConversion, NetworkInputs, config_problems, vae_problems
 
 
 def _decode_shifted(pipe: Any, latents: torch.Tensor, output_type: str) -> Any:
@@ -55,13 +51,14 @@ class PixArtFamily(Family):
     """PixArt-alpha / PixArt-LCM (PixArt-delta) / PixArt-Sigma: T5 captions, DiT with adaLN-single."""
 
     name = "pixart"
+    pipeline_class = "PixArtAlphaPipeline"
+    network_class = "PixArtTransformer2DModel"
+    network_component = "transformer"
+    network_label = "transformer"
     supports_resolution_binning = True
 
     def matches(self, pipe: Any) -> bool:
-        return _class_name(getattr(pipe, "transformer", None)) == "PixArtTransformer2DModel"
-
-    def network(self, pipe: Any) -> torch.nn.Module:
-        return pipe.transformer
+        return self.owns_network(getattr(pipe, "transformer", None))
 
     def encode(self, pipe, request: PromptRequest):
         embeds, mask, negative, negative_mask = pipe.encode_prompt(
@@ -132,9 +129,11 @@ class FlowFamily(Family):
     """What SD3 and FLUX share: flow-matching latents, velocity prediction, shifted sigma schedules."""
 
     convention = FLOW
+    network_component = "transformer"
+    network_label = "transformer"
 
-    def network(self, pipe: Any) -> torch.nn.Module:
-        return pipe.transformer
+    def matches(self, pipe: Any) -> bool:
+        return self.owns_network(getattr(pipe, "transformer", None))
 
     def prediction_type(self, pipe: Any) -> str:
         return FLOW_PREDICTION
@@ -190,9 +189,10 @@ class SD3Family(FlowFamily):
     """Stable Diffusion 3 / 3.5: CLIP-L, CLIP-G and T5 text encoders, MMDiT, flow matching with CFG."""
 
     name = "sd3"
-
-    def matches(self, pipe: Any) -> bool:
-        return _class_name(getattr(pipe, "transformer", None)) == "SD3Transformer2DModel"
+    pipeline_class = "StableDiffusion3Pipeline"
+    network_class = "SD3Transformer2DModel"
+    text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
 
     def encode(self, pipe, request: PromptRequest):
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
@@ -230,35 +230,39 @@ class SD3Family(FlowFamily):
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H/2 * W/2, 4C), FluxPipeline._pack_latents."""
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C): diffusers' `FluxPipeline._pack_latents`."""
+    from diffusers import FluxPipeline
+
     b, c, h, w = latents.shape
-    latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return latents.reshape(b, (h // 2) * (w // 2), c * 4)
+    return FluxPipeline._pack_latents(latents, b, c, h, w)
 
 
 def unpack_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Inverse of `pack_latents` for a (height, width) latent."""
-    b, _, channels = packed.shape
-    latents = packed.view(b, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return latents.reshape(b, channels // 4, height, width)
+    """Inverse of `pack_latents` for a (height, width) latent: `FluxPipeline._unpack_latents`, which takes the
+    image size in pixels (a latent's size with a VAE factor of 1)."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._unpack_latents(packed, height, width, 1)
 
 
 def latent_image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
-    """FLUX's rotary position ids of a (height, width) latent's 2x2 patches."""
-    ids = torch.zeros(height // 2, width // 2, 3)
-    ids[..., 1] = ids[..., 1] + torch.arange(height // 2)[:, None]
-    ids[..., 2] = ids[..., 2] + torch.arange(width // 2)[None, :]
-    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+    """FLUX's rotary position ids of a (height, width) latent's 2x2 patches (FluxPipeline._prepare_latent_image_ids)."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._prepare_latent_image_ids(None, height // 2, width // 2, device, dtype)
 
 
 class FluxFamily(FlowFamily):
     """FLUX.1 dev / schnell: CLIP-L (pooled) and T5, MMDiT on packed latents, guidance as an embedding."""
 
     name = "flux"
+    pipeline_class = "FluxPipeline"
+    network_class = "FluxTransformer2DModel"
+    text_encoders = ("text_encoder", "text_encoder_2")
+    tokenizers = ("tokenizer", "tokenizer_2")
+    #: kohya FLUX files name Black Forest Labs' modules with fused qkv: diffusers' converter splits the tensors.
+    kohya = KohyaConversion("FluxPipeline", rewrites_tensors=True)
     default_sample_size = 128  # FluxPipeline: 128 latent pixels, i.e. 1024 px with the 8x VAE
-
-    def matches(self, pipe: Any) -> bool:
-        return _class_name(getattr(pipe, "transformer", None)) == "FluxTransformer2DModel"
 
     def embeds_guidance(self, network) -> bool:
         return bool(getattr(network.config, "guidance_embeds", False))

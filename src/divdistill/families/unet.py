@@ -11,19 +11,25 @@ from typing import Any
 import torch
 
 from divdistill.conditioning import Conditioning, PromptRequest
-from divdistill.families.base import Family, NetworkInputs, config_problems, vae_problems
+from divdistill.families.base import (
+    Family,
+    KohyaConversion,
+    NetworkInputs,
+    SliderTraining,
+    config_problems,
+    vae_problems,
+)
 
 
 def guidance_embedding(scale: float, batch_size: int, dim: int, device, dtype) -> torch.Tensor:
-    """The sinusoidal w-embedding LCM-style networks take as `timestep_cond` (w = guidance_scale - 1)."""
-    w = torch.full((batch_size,), float(scale) - 1.0) * 1000.0
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
-    emb = w[:, None].float() * freqs[None, :]
-    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
-    if dim % 2 == 1:
-        emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb.to(device=device, dtype=dtype)
+    """The sinusoidal w-embedding LCM-style networks take as `timestep_cond` (w = guidance_scale - 1), computed by
+    diffusers' own `get_guidance_scale_embedding` exactly as LatentConsistencyModelPipeline calls it (the method
+    does not use its pipeline)."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    w = torch.tensor(float(scale) - 1.0).repeat(batch_size)
+    embedding = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
+    return embedding.to(device=device, dtype=dtype)
 
 
 def _decode_vae(pipe: Any, latents: torch.Tensor, output_type: str, upcast_fp16: bool) -> Any:
@@ -52,7 +58,15 @@ def _decode_vae(pipe: Any, latents: torch.Tensor, output_type: str, upcast_fp16:
 
 
 class UNetFamily(Family):
-    """What SD and SDXL share: a UNet2DConditionModel called the way diffusers' pipelines call it."""
+    """What SD and SDXL share: a UNet2DConditionModel called the way diffusers' pipelines call it.
+
+    Sliders train on the blocks the Concept Sliders LoRANetwork wraps; kohya files (Concept Sliders, kohya-ss)
+    name diffusers or sgm UNet modules, which diffusers' SD converter renames (it maps SDXL's sgm names too).
+    """
+
+    network_class = "UNet2DConditionModel"
+    slider = SliderTraining(blocks=("Transformer2DModel",), conv_blocks=("ResnetBlock2D", "Downsample2D", "Upsample2D"))
+    kohya = KohyaConversion("StableDiffusionPipeline")
 
     def guidance_inputs(self, network, guidance_scale, batch_size, device, dtype):
         if not self.embeds_guidance(network):
@@ -76,6 +90,7 @@ class SDFamily(UNetFamily):
     """Stable Diffusion 1.x / 2.x: one CLIP text encoder, UNet without added conditioning."""
 
     name = "sd"
+    pipeline_class = "StableDiffusionPipeline"
 
     def matches(self, pipe: Any) -> bool:
         return (
@@ -107,6 +122,9 @@ class SDXLFamily(UNetFamily):
     """SDXL: two CLIP text encoders, pooled text embedding and size/crop ids as added conditioning."""
 
     name = "sdxl"
+    pipeline_class = "StableDiffusionXLPipeline"
+    text_encoders = ("text_encoder", "text_encoder_2")
+    tokenizers = ("tokenizer", "tokenizer_2")
 
     def matches(self, pipe: Any) -> bool:
         return hasattr(pipe, "unet") and getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"

@@ -25,17 +25,14 @@ from divdistill.devices import check_device
 from divdistill.families import FAMILIES, PairMismatchError, family_of
 from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
+from divdistill.pipeline.loader import pair_loader
+from divdistill.pipeline.stages import StagePlan, fresh_scheduler, plan_stages, run_segments
 from divdistill.sampling import Stage, StepCallback, sample
-from divdistill.schedule import Segment, complete_segments, parse_segments, plan_segments
+from divdistill.schedule import Segment, parse_segments
 
 quiet.install()  # known-harmless diffusers/transformers notices, filtered narrowly (see divdistill.quiet)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-
-def fresh_scheduler(scheduler: Any) -> Any:
-    """A new scheduler with the same config: schedulers keep per-run state that two models must not share."""
-    return type(scheduler).from_config(scheduler.config)
 
 
 class HybridPipeline:
@@ -73,17 +70,15 @@ class HybridPipeline:
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> HybridPipeline:
-        """Load a named pair (see `divdistill.presets.PRESETS`) with its published settings as defaults."""
-        from divdistill.loading import load_preset
-
-        return load_preset(name, **kwargs)
+        """Load a named pair (see `divdistill.presets.PRESETS`) with its published settings as defaults
+        (`divdistill.loading.load_preset`)."""
+        return pair_loader().from_preset(name, **kwargs)
 
     @classmethod
     def from_pretrained(cls, base: str, distilled: str, **kwargs: Any) -> HybridPipeline:
-        """Load any pair from paths or repo ids (optionally a raw distilled UNet file and a scheduler)."""
-        from divdistill.loading import load_pair
-
-        return load_pair(base, distilled, **kwargs)
+        """Load any pair from paths or repo ids (optionally a raw distilled UNet file and a scheduler;
+        `divdistill.loading.load_pair`)."""
+        return pair_loader().from_pretrained(base, distilled, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- devices
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> HybridPipeline:
@@ -103,8 +98,7 @@ class HybridPipeline:
         Peak accelerator memory becomes that of the largest part instead of the whole pair, at the cost of
         moving each network in once per call.
         """
-        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
-        text = [getattr(pipe, n, None) for pipe in self.pipelines() for n in names]
+        text = [getattr(pipe, n, None) for pipe in self.pipelines() for n in self.family.text_encoders]
         self.offload = SequentialOffload(
             check_device(device),
             {
@@ -245,28 +239,28 @@ class HybridPipeline:
             self.distilled, height, width, settings.resolution_binning
         )
 
-        plan = self._segments(settings, segments, skip_first_steps)
+        plan = run_segments(settings, segments, skip_first_steps)
         alone = segments is None and settings.mode == "base"
         device = self.device
         batch = len(prompts) * num_images_per_prompt
         shape = self.family.latent_shape(self.distilled, batch, sample_height, sample_width)
         with quiet.published_timesteps(published):
-            stages_spec = self._schedule_stages(plan, settings, timesteps, skip_first_steps, device, shape, alone)
+            planned = plan_stages(self, plan, settings, timesteps, skip_first_steps, device, shape, alone)
         self._activate("text")
         request = PromptRequest(
-            prompts,
-            negatives,
-            num_images_per_prompt,
-            False,
-            sample_height,
-            sample_width,
-            device,
-            settings.max_sequence_length,
+            prompts=prompts,
+            negative_prompts=negatives,
+            num_images_per_prompt=num_images_per_prompt,
+            height=sample_height,
+            width=sample_width,
+            device=device,
+            max_sequence_length=settings.max_sequence_length,
         )
-        conditioning = self._encode(request, stages_spec)
+        conditioning = self._encode(request, planned)
         dtype = next(iter(conditioning.values())).hidden_states.dtype
         stages = []
-        for model, scheduler, stage_timesteps, scale in stages_spec:
+        for stage_plan in planned:
+            model, scale = stage_plan.model, stage_plan.guidance_scale
             pipe = self.pipeline_for(model)
             denoiser = GuidedDenoiser(
                 name=model,
@@ -281,7 +275,7 @@ class HybridPipeline:
             )
             if denoiser_hooks and model in denoiser_hooks:
                 denoiser = denoiser_hooks[model](denoiser)
-            stages.append(Stage(model, denoiser, scheduler, stage_timesteps, self.family.convention))
+            stages.append(Stage(model, denoiser, stage_plan.scheduler, stage_plan.timesteps, self.family.convention))
 
         first = stages[0]
         latents = self._initial_latents(shape, first, skip_first_steps, generator, latents, dtype, device)
@@ -347,71 +341,13 @@ class HybridPipeline:
         return output if return_dict else (images,)
 
     # ----------------------------------------------------------------------------------------------- parts
-    def _segments(self, settings: SamplingDefaults, segments, skip: int) -> tuple[Segment, ...]:
-        """The run's segments: planned from the mode, or the given ones completed (see `complete_segments`)."""
-        if skip < 0 or skip >= settings.num_inference_steps:
-            raise ValueError(f"skip_first_steps must be in [0, {settings.num_inference_steps - 1}], got {skip}.")
-        if segments is None:
-            plan = plan_segments(
-                settings.mode,
-                settings.num_inference_steps - skip,
-                settings.base_steps,
-                settings.base_schedule,
-                settings.base_num_inference_steps,
-            )
-            if settings.mode == "base":  # the base alone: its own step count, not a part of the shared schedule
-                return plan
-        else:
-            plan = parse_segments(segments) if isinstance(segments, str) else tuple(segments)
-        return complete_segments(plan, settings.num_inference_steps - skip)
-
-    def _guidance(self, plan: tuple[Segment, ...], settings: SamplingDefaults) -> list[float]:
-        default = {"base": settings.base_guidance_scale, "distilled": settings.guidance_scale}
-        return [s.guidance_scale if s.guidance_scale is not None else default[s.model] for s in plan]
-
-    def _schedule_stages(self, plan, settings, timesteps, skip, device, shape, alone: bool = False):
-        """(model, scheduler, timesteps, guidance) per segment; no network runs here. `alone`: mode "base",
-        whose one segment is the base's own step count (any other own segment hands off to the distilled model)."""
-        guidance = self._guidance(plan, settings)
-        if alone:
-            scheduler = fresh_scheduler(self.base.scheduler)
-            own = self.family.set_schedule(self.base, scheduler, plan[0].steps, None, device, shape)
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(0)
-            return [("base", scheduler, own, guidance[0])]
-
-        shared = fresh_scheduler(self.distilled.scheduler)
-        full = self.family.set_schedule(self.distilled, shared, settings.num_inference_steps, timesteps, device, shape)
-        if hasattr(shared, "set_begin_index"):
-            shared.set_begin_index(skip)
-        remaining = full[skip:]
-        stages, cursor = [], 0
-        for segment, scale in zip(plan, guidance):
-            if segment.own_schedule:
-                scheduler = fresh_scheduler(self.base.scheduler)
-                own = self.family.set_schedule(
-                    self.base, scheduler, settings.base_num_inference_steps, None, device, shape
-                )
-                if segment.steps < len(remaining):  # cut the base's schedule at the hand-off noise level
-                    scheduler, own = self.family.convention.schedule_until(
-                        scheduler, shared, skip + segment.steps, device
-                    )
-                elif hasattr(scheduler, "set_begin_index"):
-                    scheduler.set_begin_index(0)
-                stages.append((segment.model, scheduler, own, scale))
-                if hasattr(shared, "set_begin_index"):
-                    shared.set_begin_index(skip + segment.steps)
-            else:
-                stages.append((segment.model, shared, remaining[cursor : cursor + segment.steps], scale))
-            cursor += segment.steps
-        return stages
-
-    def _encode(self, request: PromptRequest, stages_spec) -> dict[str, Conditioning]:
+    def _encode(self, request: PromptRequest, planned: list[StagePlan]) -> dict[str, Conditioning]:
         """Conditioning per model; encoded once when both models share their text encoders."""
         needs_negative: dict[str, bool] = {}
-        for model, _, _, scale in stages_spec:
-            network = self.family.network(self.pipeline_for(model))
-            needs_negative[model] = needs_negative.get(model, False) or self.family.runs_cfg(network, scale)
+        for stage in planned:
+            network = self.family.network(self.pipeline_for(stage.model))
+            runs_cfg = self.family.runs_cfg(network, stage.guidance_scale)
+            needs_negative[stage.model] = needs_negative.get(stage.model, False) or runs_cfg
 
         def encode(pipe, negative: bool):
             return self.family.encode(pipe, replace(request, with_negative=negative))
@@ -447,3 +383,6 @@ def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:
     if len(negatives) != count:
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {count} prompts; give one per prompt.")
     return negatives
+
+
+__all__ = ["OUTPUT_TYPES", "HybridPipeline", "fresh_scheduler"]

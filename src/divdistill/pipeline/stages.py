@@ -1,0 +1,104 @@
+"""From a run's settings to its stages: which model runs which timesteps on which scheduler at which guidance.
+
+No network runs here. The segments come from the mode (`divdistill.schedule.plan_segments`) or are given; each
+becomes a `StagePlan`: shared-schedule segments take their slice of the distilled model's timesteps, an own-
+schedule base segment runs the base's own grid cut at the hand-off noise level (the family's convention says how).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from divdistill.defaults import SamplingDefaults
+from divdistill.schedule import Segment, complete_segments, parse_segments, plan_segments
+
+
+def fresh_scheduler(scheduler: Any) -> Any:
+    """A new scheduler with the same config: schedulers keep per-run state that two models must not share."""
+    return type(scheduler).from_config(scheduler.config)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One segment ready to sample: the model ("base" / "distilled"), its scheduler (already set), the
+    timesteps it runs and its guidance scale."""
+
+    model: str
+    scheduler: Any
+    timesteps: torch.Tensor
+    guidance_scale: float
+
+
+def run_segments(
+    settings: SamplingDefaults, segments: str | Sequence[Segment] | None, skip: int
+) -> tuple[Segment, ...]:
+    """The run's segments: planned from the mode, or the given ones completed (see `complete_segments`)."""
+    if skip < 0 or skip >= settings.num_inference_steps:
+        raise ValueError(f"skip_first_steps must be in [0, {settings.num_inference_steps - 1}], got {skip}.")
+    if segments is None:
+        plan = plan_segments(
+            settings.mode,
+            settings.num_inference_steps - skip,
+            settings.base_steps,
+            settings.base_schedule,
+            settings.base_num_inference_steps,
+        )
+        if settings.mode == "base":  # the base alone: its own step count, not a part of the shared schedule
+            return plan
+    else:
+        plan = parse_segments(segments) if isinstance(segments, str) else tuple(segments)
+    return complete_segments(plan, settings.num_inference_steps - skip)
+
+
+def guidance_scales(plan: tuple[Segment, ...], settings: SamplingDefaults) -> list[float]:
+    """Each segment's guidance: its own `@cfg`, else the pair's scale for that model."""
+    default = {"base": settings.base_guidance_scale, "distilled": settings.guidance_scale}
+    return [s.guidance_scale if s.guidance_scale is not None else default[s.model] for s in plan]
+
+
+def plan_stages(
+    pipe: Any,
+    plan: tuple[Segment, ...],
+    settings: SamplingDefaults,
+    timesteps: Sequence[int] | None,
+    skip: int,
+    device: torch.device,
+    shape: tuple[int, ...],
+    alone: bool = False,
+) -> list[StagePlan]:
+    """A `StagePlan` per segment of a HybridPipeline `pipe`. `alone`: mode "base", whose one segment is the base's
+    own step count (any other own segment hands off to the distilled model)."""
+    family, base, distilled = pipe.family, pipe.base, pipe.distilled
+    guidance = guidance_scales(plan, settings)
+    if alone:
+        scheduler = fresh_scheduler(base.scheduler)
+        own = family.set_schedule(base, scheduler, plan[0].steps, None, device, shape)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        return [StagePlan("base", scheduler, own, guidance[0])]
+
+    shared = fresh_scheduler(distilled.scheduler)
+    full = family.set_schedule(distilled, shared, settings.num_inference_steps, timesteps, device, shape)
+    if hasattr(shared, "set_begin_index"):
+        shared.set_begin_index(skip)
+    remaining = full[skip:]
+    stages, cursor = [], 0
+    for segment, scale in zip(plan, guidance):
+        if segment.own_schedule:
+            scheduler = fresh_scheduler(base.scheduler)
+            own = family.set_schedule(base, scheduler, settings.base_num_inference_steps, None, device, shape)
+            if segment.steps < len(remaining):  # cut the base's schedule at the hand-off noise level
+                scheduler, own = family.convention.schedule_until(scheduler, shared, skip + segment.steps, device)
+            elif hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(0)
+            stages.append(StagePlan(segment.model, scheduler, own, scale))
+            if hasattr(shared, "set_begin_index"):
+                shared.set_begin_index(skip + segment.steps)
+        else:
+            stages.append(StagePlan(segment.model, shared, remaining[cursor : cursor + segment.steps], scale))
+        cursor += segment.steps
+    return stages
