@@ -13,7 +13,7 @@ from PIL import Image
 
 from divdistill.evaluation import Evaluator, scan_image_set
 from divdistill.evaluation.report import summary_table
-from divdistill.metrics import embedders
+from divdistill.metrics import embedders, registry
 from divdistill.metrics.cache import EmbeddingCache, embed_missing, pair_matrix, pairwise_missing
 from divdistill.metrics.distance import PixelDistance
 from divdistill.metrics.embedders import BackendUnavailable, FunctionEmbedder, PairwiseBackend
@@ -137,7 +137,7 @@ def test_registered_extractor_gives_fid_is_and_precision_against_a_reference(tmp
         pooled = torch.nn.functional.adaptive_avg_pool2d(images, 4).flatten(1)
         return {"features": pooled, "logits": head(pooled)}
 
-    embedders.register_embedder("tinyfid", features_and_logits, outputs=("features", "logits"))
+    registry.register("tinyfid", features_and_logits, outputs=("features", "logits"))
     try:
         result = Evaluator(
             "recall-tinyfid,is-tinyfid,fid-tinyfid,precision-tinyfid,kid-tinyfid",
@@ -146,7 +146,7 @@ def test_registered_extractor_gives_fid_is_and_precision_against_a_reference(tmp
             kid_subsets=5,
         ).evaluate([scan_image_set(tmp_path / "gen", "gen")], scan_image_set(tmp_path / "ref", "ref"))
     finally:
-        embedders.unregister_embedder("tinyfid")
+        registry.unregister("tinyfid")
     values = {name: v["value"] for (_, name), v in result.set_values.items()}
     assert values["fid-tinyfid"] == pytest.approx(0.0, abs=1e-6)
     assert values["precision-tinyfid"] == values["recall-tinyfid"] == 1.0
@@ -166,9 +166,9 @@ def test_registered_extractor_gives_fid_is_and_precision_against_a_reference(tmp
 )
 def test_unavailable_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, backend: str, package: str) -> None:
     monkeypatch.setitem(embedders.PACKAGES, backend, ("divdistill_no_such_module", package))
-    assert not embedders.installed(backend)
+    assert not registry.installed(backend)
     with pytest.raises(BackendUnavailable, match=rf"pip install divdistill\[metrics\].*pip install {package}"):
-        embedders.get_embedder(backend)
+        registry.get_embedder(backend)
     with pytest.raises(ImportError, match=package):
         Evaluator(f"diversity-{backend}").check()
 
@@ -191,9 +191,7 @@ def test_auto_backend_falls_back_to_pixels_and_says_so(monkeypatch: pytest.Monke
 def test_a_distance_registered_for_the_trajectory_tools_is_a_pairwise_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from divdistill.metrics import distance
-
-    monkeypatch.setitem(distance._REGISTRY, "coarse", lambda device=None, **kw: PixelDistance(4))
+    monkeypatch.setitem(registry._REGISTERED, "coarse", lambda device=None, **kw: PixelDistance(4))
     write_images(tmp_path / "set", 4)
     image_set = scan_image_set(tmp_path / "set")
     result = Evaluator("diversity-coarse", bootstrap=0).evaluate([image_set])

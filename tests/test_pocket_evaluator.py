@@ -40,17 +40,44 @@ def test_shipped_evaluator_reads_fresh_world_samples():
 
 
 def test_evaluator_registers_as_a_metric_backend(tmp_path):
-    embedders = pytest.importorskip("divdistill.metrics.embedders")
-    from divdistill.pocket.evaluator import register_backends
+    from divdistill.metrics import registry
+    from divdistill.pocket.spaces import metric_backends
 
     torch.manual_seed(0)
     folder = PocketEvaluator(EvaluatorConfig(width=8)).save(tmp_path / "ev")
-    register_backends(folder)
+    for name, factory in metric_backends(folder).items():
+        registry.register(name, factory=factory)
     try:
         images = sample_world(3, 0).images
-        features = embedders.get_embedder("pocket").embed(images)["features"]
-        attributes = embedders.get_embedder("pocket-attr").embed(images)["features"]
+        features = registry.get_embedder("pocket").embed(images)["features"]
+        attributes = registry.get_embedder("pocket-attr").embed(images)["features"]
         assert features.shape == (3, 128) and attributes.shape == (3, 4)
+        assert registry.get_embedder("pocket-attr").distance == "l2"  # the demo's "attr" space
     finally:
-        embedders.unregister_embedder("pocket")
-        embedders.unregister_embedder("pocket-attr")
+        registry.unregister("pocket")
+        registry.unregister("pocket-attr")
+
+
+@pytest.mark.skipif(not has_weights("evaluator"), reason="no shipped evaluator weights")
+def test_the_pocket_backends_come_from_the_entry_point_and_match_the_demo_spaces():
+    """Nothing below divdistill.pocket imports it: the registry finds "pocket" and "pocket-attr" through the
+    `divdistill.metrics` entry point, and their diversity is the demo's (attr: L2, feat: 1 - cos)."""
+    from divdistill.metrics import diversity as div
+    from divdistill.metrics import registry
+    from divdistill.pocket.spaces import SPACES, AttributeDistance
+
+    assert {"pocket", "pocket-attr"} <= set(registry.names())
+    evaluator = load_evaluator()
+    images = sample_world(5, 3).images
+    attr = registry.get_embedder("pocket-attr")
+    vectors = attr.embed(torch.stack([attr.prepare(x) for x in images]))["features"]
+    assert torch.equal(vectors, evaluator.attribute_vector(images))
+    expected = torch.cdist(vectors.double()[None], vectors.double()[None])[0]  # the L2 the docs' numbers use
+    torch.testing.assert_close(div.pairwise_distances(vectors, attr.distance), expected)
+    torch.testing.assert_close(AttributeDistance(evaluator).pairwise(images), expected.float())
+    assert div.mean_pairwise_distance(vectors, SPACES["attr"].distance) == pytest.approx(
+        div.mean_pairwise(expected), rel=1e-12
+    )
+    distance = registry.get_distance("pocket-attr")  # the same backend as a trajectory distance
+    torch.testing.assert_close(distance.pairwise(images), expected.float())
+    torch.testing.assert_close(distance(images[:2], images[2:4]), expected[[0, 1], [2, 3]].float())

@@ -89,7 +89,7 @@ def get_scorer(spec: str | Scorer | Callable, device: Any = None, **options: Any
             obj = getattr(obj, part)
         obj = obj() if isinstance(obj, type) else obj
         return obj if isinstance(obj, Scorer) else FunctionScorer(obj, name=spec)
-    from divdistill.metrics.embedders import get_embedder
+    from divdistill.metrics.registry import get_embedder
 
     return EmbedderScorer(get_embedder(spec, device=device, **options))
 

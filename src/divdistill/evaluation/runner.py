@@ -3,7 +3,8 @@
 Metric specs are `NAME` or `NAME-BACKEND` (e.g. `diversity-dreamsim`, `vendi-pixel`, `fid-inception`):
 
     diversity    per prompt: mean pairwise distance among its seeds (the paper's metric; DreamSim and CLIP:
-                 1 - cosine, LPIPS: LPIPS, pixel: RMS difference), with a bootstrap interval over seeds
+                 1 - cosine, LPIPS: LPIPS, pixel: RMS difference, pocket-attr: L2), with a bootstrap interval
+                 over seeds
     vendi        per prompt: Vendi score of the embeddings (cosine kernel), with a bootstrap interval
     clip-score   per prompt: mean CLIP score of its images against its prompt
     is           per set: Inception Score (needs a backend with logits: inception)
@@ -38,16 +39,8 @@ from divdistill.evaluation.imagesets import ImageSet
 from divdistill.metrics import distribution as dist
 from divdistill.metrics import diversity as div
 from divdistill.metrics.cache import EmbeddingCache, embed_missing, pair_matrix, pairwise_missing
-from divdistill.metrics.embedders import (
-    Backend,
-    BackendUnavailable,
-    Embedder,
-    PairwiseBackend,
-    as_backend,
-    first_available,
-    get_embedder,
-    installed,
-)
+from divdistill.metrics.embedders import Backend, BackendUnavailable, Embedder, PairwiseBackend, as_backend
+from divdistill.metrics.registry import first_available, get_embedder, installed
 
 
 @dataclass(frozen=True)
@@ -233,7 +226,9 @@ def _row(image_set: ImageSet, group_id: str, prompt: str | None, m: Metric, valu
 
 def _label(metric: str, backend: Backend) -> str:
     if metric == "diversity":
-        how = {"cosine": "1 - cosine of", "rms": "RMS difference of", "pairwise": ""}.get(backend.distance, "")
+        how = {"cosine": "1 - cosine of", "rms": "RMS difference of", "l2": "L2 distance of", "pairwise": ""}.get(
+            backend.distance, ""
+        )
         return f"diversity: mean pairwise {how} {backend.label}".replace("  ", " ")
     if metric == "vendi":
         return f"Vendi score (cosine kernel) of {backend.label}"

@@ -10,24 +10,22 @@ Backends:
     lpips     LPIPS with the AlexNet backbone. Needs the `lpips` package (its backbone downloads on first use).
     pixel     the fallback: root-mean-square difference of the two images resized (bilinear, antialiased) to
               64 x 64 px, values in [0, 1]; 0 for equal images, 1 between black and white. No weights.
-    auto      the first of dreamsim, lpips, pixel that loads (a backend that is installed but fails to load,
-              e.g. without network for its weights, is skipped with a warning).
 
-Install the perceptual ones with `pip install divdistill[metrics]`.
+`divdistill.metrics.registry.get_distance(name)` looks them up by name ("auto": the first of dreamsim, lpips,
+pixel that loads), together with every other registered metric backend. Install the perceptual ones with
+`pip install divdistill[metrics]` (`divdistill.metrics.packages`).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-AUTO_ORDER = ("dreamsim", "lpips", "pixel")
-EXTRA_HINT = "pip install divdistill[metrics]"
+from divdistill.metrics.packages import require
 
 
 def check_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
@@ -51,6 +49,9 @@ class ImageDistance:
 
     name: str = "distance"
     label: str = "distance"
+    #: How the evaluation harness wraps it as a backend (`FunctionEmbedder` / `PairwiseBackend` keyword
+    #: arguments: cache key, input size, batch size), so one factory serves the trajectory tools and the harness.
+    backend_options: Mapping[str, Any] = MappingProxyType({})
 
     def __call__(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
         a, b = check_images(images_a, "images_a"), check_images(images_b, "images_b")
@@ -148,19 +149,23 @@ class LPIPSDistance(ImageDistance):
 
     name = "lpips"
 
-    def __init__(self, net: str = "alex", device: str | torch.device | None = None):
-        lpips = _import_backend("lpips", "LPIPS")
+    def __init__(self, net: str = "alex", device: str | torch.device | None = None, size: int = 256):
+        lpips = require("lpips")
         self.device = torch.device(device or "cpu")
         self.model = lpips.LPIPS(net=net, verbose=False).to(self.device).eval()
         self.net = net
         self.label = f"LPIPS ({net})"
+        self.backend_options = {"key": f"lpips-{net}-{size}", "input_size": size}
 
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.model(a.to(self.device), b.to(self.device), normalize=True)
 
 
-def _dreamsim(device: str | torch.device | None = None, dreamsim_type: str = "ensemble", **kwargs: Any):
-    module = _import_backend("dreamsim", "DreamSim")
+def dreamsim_distance(
+    device: str | torch.device | None = None, dreamsim_type: str = "ensemble", **kwargs: Any
+) -> FeatureDistance:
+    """The one DreamSim factory: 1 - cosine of DreamSim embeddings of images resized to 224 px (bicubic)."""
+    module = require("dreamsim")
     device = torch.device(device or "cpu")
     model, _ = module.dreamsim(pretrained=True, device=str(device), dreamsim_type=dreamsim_type, **kwargs)
     model.eval()
@@ -169,63 +174,6 @@ def _dreamsim(device: str | torch.device | None = None, dreamsim_type: str = "en
         resized = F.interpolate(images, size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
         return model.embed(resized.to(device))
 
-    return FeatureDistance(embed, name="dreamsim", label=f"DreamSim ({dreamsim_type})")
-
-
-def _import_backend(module: str, what: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(
-            f"The {what} distance needs the optional package '{module}', which is not installed; "
-            f"install the metrics extra: `{EXTRA_HINT}` (or use the 'pixel' fallback)."
-        ) from error
-
-
-_REGISTRY: dict[str, Callable[..., ImageDistance]] = {
-    "pixel": lambda device=None, **kw: PixelDistance(**kw),
-    "lpips": lambda device=None, **kw: LPIPSDistance(device=device, **kw),
-    "dreamsim": _dreamsim,
-}
-
-
-def register_distance(name: str, factory: Callable[..., ImageDistance]) -> None:
-    """Add a distance: `factory(device=None, **kwargs)` returns an `ImageDistance`."""
-    if name == "auto":
-        raise ValueError("'auto' is reserved.")
-    _REGISTRY[name] = factory
-
-
-def _installed(name: str) -> bool:
-    if name in ("lpips", "dreamsim"):
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            return False
-    return name in _REGISTRY
-
-
-def available_distances() -> list[str]:
-    """Registered distances whose packages are installed (weights may still need a download)."""
-    return [name for name in _REGISTRY if _installed(name)]
-
-
-def get_distance(name: str = "auto", device: str | torch.device | None = None, **kwargs: Any) -> ImageDistance:
-    """A distance by name ("dreamsim", "lpips", "pixel", any registered one, or "auto"; see the module doc).
-
-    An explicitly named perceptual backend that is not installed raises ImportError naming the extra to install.
-    """
-    if name == "auto":
-        for candidate in AUTO_ORDER:
-            if not _installed(candidate):
-                continue
-            try:
-                return _REGISTRY[candidate](device=device, **(kwargs if candidate == "pixel" else {}))
-            except Exception as error:  # installed but unusable (e.g. weights cannot be downloaded)
-                warnings.warn(
-                    f"{candidate} distance is installed but could not be loaded ({error}); skipping it.", stacklevel=2
-                )
-        raise RuntimeError("No image distance could be loaded.")  # pragma: no cover (pixel always loads)
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown distance {name!r}; choose one of: auto, {', '.join(_REGISTRY)}.")
-    return _REGISTRY[name](device=device, **kwargs)
+    distance = FeatureDistance(embed, name="dreamsim", label=f"DreamSim ({dreamsim_type})")
+    distance.backend_options = {"key": f"dreamsim-{dreamsim_type}", "input_size": 224, "batch_size": 32}
+    return distance

@@ -5,6 +5,8 @@ Pure functions on tensors (no images, no models). Features are [N, D] rows, one 
     pairwise_distances(features, "cosine")   1 - cosine similarity (DreamSim's and CLIP's distance)
     pairwise_distances(features, "rms")      root-mean-square difference (the pixel fallback, as
                                              `divdistill.metrics.distance.PixelDistance`)
+    pairwise_distances(features, "l2")       Euclidean distance (the pocket evaluator's attribute space,
+                                             whose 4 coordinates are each in units of the world's spread)
     mean_pairwise(matrix)                    mean over the N(N-1)/2 pairs i < j: the paper's diversity
     vendi_score(features)                    exp(entropy of the eigenvalues of K/N), K the cosine-similarity
                                              kernel (Friedman & Dieng 2023): 1 for N equal samples, N for N
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DISTANCES = ("cosine", "rms")
+DISTANCES = ("cosine", "rms", "l2")
 
 
 def _rows(features: torch.Tensor, what: str = "features") -> torch.Tensor:
@@ -45,6 +47,8 @@ def pairwise_distances(features: torch.Tensor, distance: str = "cosine") -> torc
         matrix = (1 - unit @ unit.T).clamp_min(0)
     elif distance == "rms":
         matrix = _euclidean(x) / max(x.shape[1], 1) ** 0.5
+    elif distance == "l2":
+        matrix = _euclidean(x)
     else:
         raise ValueError(f"Unknown distance {distance!r}; choose one of {DISTANCES}.")
     matrix.fill_diagonal_(0)

@@ -20,41 +20,47 @@ ImportError that names the extra to install):
 
 `pip install divdistill[metrics]` installs all of them (their weights download on first use).
 
-Any feature extractor plugs in: `register_embedder("mine", fn)` with `fn(images) -> [N, D]` (or a dict of
-tensors), or pass an `Embedder` object where a backend name is expected. Tests use small random CNNs this way.
-A distance registered with `divdistill.metrics.distance.register_distance` is a backend too (a `FeatureDistance`
-as an embedder, any other as a pairwise backend).
+The backends are looked up by name in the one registry, `divdistill.metrics.registry` (which also holds the
+distances of `divdistill.metrics.distance`): any feature extractor plugs in with `register("mine", fn)`, `fn(images)
+-> [N, D]` (or a dict of tensors), or pass an `Embedder` object where a backend name is expected. `as_backend` and
+`as_distance` turn one form into the other (an `ImageDistance` with an embedding is an embedder, any other a
+pairwise backend; an embedder compares its features as its `distance` says).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from divdistill.metrics.distance import ImageDistance, PixelDistance, get_distance
+from divdistill.images import to_uint8
+from divdistill.metrics.distance import FeatureDistance, ImageDistance, PixelDistance, check_images
+from divdistill.metrics.diversity import DISTANCES, pairwise_distances
+from divdistill.metrics.packages import EXTRA_HINT, PACKAGES, BackendUnavailable, require
 
-EXTRA_HINT = "pip install divdistill[metrics]"
-
-# backend -> (module to import, pip package)
-PACKAGES: dict[str, tuple[str, str]] = {
-    "dreamsim": ("dreamsim", "dreamsim"),
-    "lpips": ("lpips", "lpips"),
-    "clip": ("open_clip", "open_clip_torch"),
-    "inception": ("torch_fidelity", "torch-fidelity"),
-}
+__all__ = [  # the install-hint names are re-exported: callers catch `embedders.BackendUnavailable`
+    "EXTRA_HINT",
+    "PACKAGES",
+    "Backend",
+    "BackendUnavailable",
+    "ClipEmbedder",
+    "Embedder",
+    "EmbedderDistance",
+    "FunctionEmbedder",
+    "InceptionEmbedder",
+    "PairwiseBackend",
+    "PixelEmbedder",
+    "as_backend",
+    "as_distance",
+    "require",
+    "resize",
+    "resize_and_crop",
+]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class BackendUnavailable(ImportError):
-    """A metric backend whose optional package is not installed (the message names what to install)."""
 
 
 def resize(image: torch.Tensor, size: int | tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -88,7 +94,7 @@ class Embedder:
 
     `input_size`: each image is resized to this square size (by `prepare`) before batching; None keeps it
     (then a batch needs images of one size). `distance`: how diversity compares its features ("cosine":
-    1 - cosine similarity, "rms": root-mean-square difference).
+    1 - cosine similarity, "rms": root-mean-square difference, "l2": Euclidean distance).
     """
 
     kind = "embedding"
@@ -168,8 +174,8 @@ class FunctionEmbedder(Embedder):
         fallback: bool = False,
         device: str | torch.device | None = None,
     ):
-        if distance not in ("cosine", "rms"):
-            raise ValueError(f"distance must be 'cosine' or 'rms', got {distance!r}.")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}.")
         self.fn = fn
         self.name = name
         self.key = key or name
@@ -250,53 +256,6 @@ Backend = Embedder | PairwiseBackend
 
 
 # ----------------------------------------------------------------------------------------------- built-ins
-def require(backend: str) -> Any:
-    """Import the package a built-in backend needs, or raise `BackendUnavailable` naming the extra."""
-    module, package = PACKAGES[backend]
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"The '{backend}' metric backend needs the optional package '{package}', which is not installed; "
-            f"install the metrics extra: `{EXTRA_HINT}` (or `pip install {package}`)."
-        ) from error
-
-
-def installed(backend: str) -> bool:
-    """True when `backend` is registered, or a built-in whose package is importable (weights may still download)."""
-    if backend in PACKAGES:
-        try:
-            return importlib.util.find_spec(PACKAGES[backend][0]) is not None
-        except (ImportError, ValueError):
-            return False
-    return backend in _FACTORIES or backend in _distance_names()
-
-
-def _distance_names() -> list[str]:
-    """Distances registered with `divdistill.metrics.distance.register_distance` (usable as pairwise backends)."""
-    from divdistill.metrics.distance import available_distances
-
-    return [name for name in available_distances() if name not in PACKAGES]
-
-
-def _dreamsim(device: Any = None, dreamsim_type: str = "ensemble", **_: Any) -> Embedder:
-    require("dreamsim")
-    distance = get_distance("dreamsim", device=device, dreamsim_type=dreamsim_type)
-    return FunctionEmbedder(
-        distance.embed,
-        "dreamsim",
-        key=f"dreamsim-{dreamsim_type}",
-        label=distance.label,
-        input_size=224,
-        batch_size=32,
-    )
-
-
-def _lpips(device: Any = None, net: str = "alex", size: int = 256, **_: Any) -> PairwiseBackend:
-    require("lpips")
-    return PairwiseBackend(get_distance("lpips", device=device, net=net), key=f"lpips-{net}-{size}", input_size=size)
-
-
 class ClipEmbedder(Embedder):
     """open_clip image and text embeddings."""
 
@@ -350,26 +309,44 @@ class InceptionEmbedder(Embedder):
         ).to(self.device)
 
     def _embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).to(self.device)
+        pixels = to_uint8(images).to(self.device)  # torch-fidelity takes uint8 pixels
         features, logits = self.model(pixels)
         return {"features": features, "logits": logits}
 
 
-_FACTORIES: dict[str, Callable[..., Backend]] = {
-    "pixel": lambda device=None, size=64, **_: PixelEmbedder(size),
-    "dreamsim": _dreamsim,
-    "lpips": _lpips,
-    "clip": ClipEmbedder,
-    "inception": InceptionEmbedder,
-}
-BUILTIN = tuple(_FACTORIES)
+# ----------------------------------------------------------------------------------------------- adapters
+class EmbedderDistance(ImageDistance):
+    """An embedder as an `ImageDistance` (for the trajectory tools): its features compared as its `distance`
+    says, exactly as the harness's diversity compares them (`divdistill.metrics.diversity.pairwise_distances`)."""
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self.name, self.label = embedder.name, embedder.label
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedder.embed(torch.stack([self.embedder.prepare(image) for image in images]))["features"]
+
+    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        fa, fb = self._features(a).double(), self._features(b).double()
+        if self.embedder.distance == "cosine":
+            return (1 - (F.normalize(fa, dim=1) * F.normalize(fb, dim=1)).sum(dim=1)).clamp_min(0)
+        norm = (fa - fb).norm(dim=1)
+        return norm / fa.shape[1] ** 0.5 if self.embedder.distance == "rms" else norm
+
+    def pairwise(self, images: torch.Tensor) -> torch.Tensor:
+        features = self._features(check_images(images))
+        return pairwise_distances(features, self.embedder.distance).float()
 
 
 def as_backend(obj: Any, name: str | None = None, **options: Any) -> Backend:
-    """An `Embedder` / `PairwiseBackend` as is; an `ImageDistance` or a feature-extractor callable wrapped."""
+    """An `Embedder` / `PairwiseBackend` as is; an `ImageDistance` or a feature-extractor callable wrapped (with
+    the distance's own `backend_options`, then `options`)."""
     if isinstance(obj, (Embedder, PairwiseBackend)):
         return obj
+    if isinstance(obj, EmbedderDistance):
+        return obj.embedder
     if isinstance(obj, ImageDistance):
+        options = {**obj.backend_options, **options}
         embed = getattr(obj, "embed", None)
         if embed is not None:
             return FunctionEmbedder(embed, name or obj.name, label=obj.label, **options)
@@ -379,68 +356,17 @@ def as_backend(obj: Any, name: str | None = None, **options: Any) -> Backend:
     raise TypeError(f"Cannot use {obj!r} as a metric backend; give an Embedder, an ImageDistance or a callable.")
 
 
-def register_embedder(
-    name: str, backend: Any = None, *, factory: Callable[..., Backend] | None = None, **options: Any
-) -> None:
-    """Make `name` usable as a backend (e.g. `--metrics diversity-NAME,vendi-NAME`).
-
-    `backend`: an `Embedder`, an `ImageDistance`, or a feature extractor `fn(images) -> [N, D]` (with `options`
-    for `FunctionEmbedder`: key, label, distance, input_size, text_fn, ...). Or `factory(device=None, **kw)`
-    returning one, called lazily on first use.
-    """
-    if (backend is None) == (factory is None):
-        raise ValueError("give either a backend (embedder, distance or callable) or factory=..., not both.")
-    if name in ("auto", ""):
-        raise ValueError(f"{name!r} is reserved.")
-    if factory is None:
-        made = as_backend(backend, name, **options)
-        _FACTORIES[name] = lambda device=None, **_: made
-    else:
-        _FACTORIES[name] = factory
-
-
-def unregister_embedder(name: str) -> None:
-    """Remove a registered backend (built-ins cannot be removed)."""
-    if name in BUILTIN:
-        raise ValueError(f"{name!r} is a built-in backend.")
-    _FACTORIES.pop(name, None)
-
-
-def available_backends() -> list[str]:
-    """Registered backends whose packages are installed."""
-    return [name for name in _FACTORIES if installed(name)]
-
-
-def get_embedder(name: str, device: str | torch.device | None = None, **options: Any) -> Backend:
-    """A backend by name (see the module doc); raises `BackendUnavailable` when its package is missing."""
-    if name in ("pocket", "pocket-attr") and name not in _FACTORIES:  # the shipped evaluator, registered on use
-        from divdistill.pocket.evaluator import register_backends
-
-        register_backends()
-    if name not in _FACTORIES:
-        if name in _distance_names():  # a distance registered with divdistill.metrics.distance
-            return as_backend(get_distance(name, device=device, **options), name)
-        raise ValueError(f"Unknown metric backend {name!r}; choose one of: {', '.join(_FACTORIES)}.")
-    if name in PACKAGES:
-        require(name)
-    return as_backend(_FACTORIES[name](device=device, **options), name)
-
-
-def first_available(candidates: Sequence[str], device: Any = None, options: dict[str, dict] | None = None) -> Backend:
-    """The first of `candidates` that is installed and loads (a failing load warns and moves on)."""
-    options = options or {}
-    problems = []
-    for name in candidates:
-        if not installed(name):
-            problems.append(f"{name}: not installed")
-            continue
-        try:
-            return get_embedder(name, device=device, **options.get(name, {}))
-        except Exception as error:  # installed but unusable (weights cannot be downloaded, ...)
-            warnings.warn(f"The {name} metric backend is installed but could not be loaded ({error}); skipping it.",
-                          stacklevel=2)  # fmt: skip
-            problems.append(f"{name}: {error}")
-    raise BackendUnavailable(
-        f"None of the metric backends {', '.join(candidates)} could be loaded ({'; '.join(problems)}); "
-        f"install the metrics extra: `{EXTRA_HINT}`."
-    )
+def as_distance(obj: Any, name: str | None = None) -> ImageDistance:
+    """An `ImageDistance` as is; the distance of a pairwise backend; the pixel embedder's `PixelDistance`; any
+    other embedder as an `EmbedderDistance`; a feature-extractor callable as a `FeatureDistance` (1 - cosine)."""
+    if isinstance(obj, ImageDistance):
+        return obj
+    if isinstance(obj, PairwiseBackend):
+        return obj.image_distance
+    if isinstance(obj, PixelEmbedder):
+        return obj.pixels
+    if isinstance(obj, Embedder):
+        return EmbedderDistance(obj)
+    if callable(obj):
+        return FeatureDistance(obj, name or getattr(obj, "__name__", "custom"))
+    raise TypeError(f"Cannot use {obj!r} as an image distance; give an ImageDistance, an Embedder or a callable.")

@@ -9,6 +9,9 @@ From these:
 - `attribute_vector(images)` is the standardised read-out of the free attributes (position, size, background),
   the space in which the feasibility study measured diversity.
 
+The diversity spaces built on these, and the metric backends "pocket" / "pocket-attr", are defined once in
+`divdistill.pocket.spaces`.
+
 Images are float [N, 3, H, W] in [0, 1]; other sizes are resized to 32 px.
 """
 
@@ -175,39 +178,6 @@ def load_evaluator(folder: str | Path | None = None, device: str | torch.device 
 
         folder = weights_dir("evaluator")
     return PocketEvaluator.from_pretrained(folder, device)
-
-
-def pocket_distance(device: str | torch.device | None = None, folder: str | Path | None = None):
-    """A metric backend for `divdistill.metrics` ("pocket"): 1 - cosine of the evaluator's features.
-
-    Register it with `divdistill.metrics.register_distance("pocket", pocket_distance)`.
-    """
-    from divdistill.metrics.distance import FeatureDistance
-
-    evaluator = load_evaluator(folder, device or "cpu")
-    return FeatureDistance(evaluator.features, name="pocket", label="pocket evaluator features (1 - cos)")
-
-
-def register_backends(folder: str | Path | None = None) -> None:
-    """Register the evaluator with the evaluation harness (`divdistill.metrics.embedders`), lazily loaded:
-
-    - "pocket": its 128-d features, compared by 1 - cosine (the pocket world's DreamSim / Inception);
-    - "pocket-attr": its standardised read-out of size, x, y and background, compared by RMS difference (the
-      feasibility study's diversity space).
-    """
-    from divdistill.metrics.embedders import FunctionEmbedder, register_embedder
-
-    def factory(output: str, distance: str, label: str):
-        def make(device=None, **_: Any):
-            evaluator = load_evaluator(folder, device or "cpu")
-            fn = evaluator.features if output == "features" else evaluator.attribute_vector
-            name = "pocket" if output == "features" else "pocket-attr"
-            return FunctionEmbedder(fn, name, label=label, distance=distance, input_size=RESOLUTION, batch_size=256)
-
-        return make
-
-    register_embedder("pocket", factory=factory("features", "cosine", "pocket evaluator features"))
-    register_embedder("pocket-attr", factory=factory("attributes", "rms", "pocket evaluator attributes"))
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """The pocket pair's entry points: how the shipped toy pair plugs into divdistill without the layers below
-knowing it exists (pyproject.toml `[project.entry-points."divdistill.presets"]`)."""
+knowing it exists (pyproject.toml `[project.entry-points."divdistill.presets"]` and
+`[project.entry-points."divdistill.metrics"]`)."""
 
 from __future__ import annotations
 
