@@ -63,13 +63,13 @@ def offline_hub_env(offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # The CLI tests: the tiny pair of tests/tiny_cli.py in place of real weights.
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Inject the tiny pair as `divdistill.cli.generate.build_pipeline` (every command that loads a pair goes
-    through it); the list collects every pipeline the CLI builds (their `.calls` log the calls)."""
+    """The tiny pair as the loader `tiny_cli.main` injects into `divdistill.cli.main.main(load_pipeline=...)`
+    (every command that loads a pair goes through it); the list collects every pipeline the CLI builds (their
+    `.calls` log the calls). Tests swap the loader with `monkeypatch.setattr(tiny_cli, "loader", ...)`."""
     import tiny_cli
-    from divdistill.cli import generate
 
     pipelines: list = []
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=pipelines))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(built=pipelines))
     return pipelines
 
 

@@ -1,7 +1,7 @@
 """`divdistill generate`: files, sidecars, seeds, determinism, resume, atomic writes, CSV jobs and sharding.
 
 The model is the tiny SDXL pair (tests/tiny_cli.py): 32x32 images, 2 LCM steps (base at t=999, distilled at
-t=499), injected by replacing `divdistill.cli.generate.build_pipeline`.
+t=499), injected as the CLI's `load_pipeline` (tests/tiny_cli.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import pytest
 from PIL import Image
 
 import tiny_cli
-from divdistill.cli import generate
-from divdistill.cli.main import main
 from divdistill.images import contact_sheet, save_image_atomic, write_json_atomic
 from divdistill.jobs import Job, JobError, is_done, read_prompts_csv, shard
 from launch import launch, logged
+from tiny_cli import main
 
 MODEL = ["--base", "tiny/base", "--distilled", "tiny/distilled"]
 CSV_TEXT = (
@@ -341,7 +340,7 @@ def test_crash_mid_run_resumes_only_unfinished_jobs(
     out = tmp_path / "out"
     args = ["generate", *MODEL, "--prompts", prompts, "-n", 2, "--out", out]
     # The pipeline dies on its 4th call: job 0 is finished, job 1 has one image and no sidecar.
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(fail_on_call=3, built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(fail_on_call=3, built=built))
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli(*args)
     assert is_done(out / "000000")
@@ -349,7 +348,7 @@ def test_crash_mid_run_resumes_only_unfinished_jobs(
     assert not is_done(out / "000001") and not (out / "000002").exists()
     (out / "000001" / ".001_seed1.png.dead.tmp").write_bytes(b"\x89PNG left by a killed process")
 
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(built=built))
     assert cli(*args) == 0
     # Job 1 keeps the image it finished (its journal lists it) and makes only the other one.
     assert [(c["prompts"], c["seeds"]) for c in built[-1].calls] == [(["two"], [1]), (["three"], [0]), (["three"], [1])]

@@ -14,7 +14,7 @@ import torch
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.cli.main import main
+from tiny_cli import main
 from divdistill.control import AdaptedPipeline, AdapterMismatchError, save_lora
 from divdistill.control.train import slider_modules
 from lora_fixtures import loaded_deltas, random_layers

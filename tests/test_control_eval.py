@@ -12,7 +12,7 @@ from PIL import Image
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.cli.main import main
+from tiny_cli import main
 from divdistill.control import save_lora
 from divdistill.control.evaluate import FunctionScorer, evaluate_control, get_scorer
 from divdistill.control.train import slider_modules

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.cli.main import main
+from tiny_cli import main
 from divdistill.control import AdaptedPipeline, read_lora
 from divdistill.control.train import SliderConfig, SliderTrainer, checkpoint_files, train_slider
 from lora_fixtures import loaded_deltas

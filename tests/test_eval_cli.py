@@ -1,8 +1,8 @@
 """`divdistill eval`: generation per mode through generate's jobs, metrics, the report files, resumption,
 `--images`, the HTML page in headless chromium, errors, and two processes under `accelerate launch`.
 
-The model is the tiny SDXL pair of tests/tiny_cli.py (32x32 images, 2 LCM steps), injected by replacing
-`divdistill.cli.generate.build_pipeline`; metrics use the pixel fallback and a small random CNN given with
+The model is the tiny SDXL pair of tests/tiny_cli.py (32x32 images, 2 LCM steps), injected as the CLI's
+`load_pipeline`; metrics use the pixel fallback and a small random CNN given with
 `--backend cnn=test_eval_cli:CNN`.
 """
 
@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from browser import body_data, browser_dom
-from divdistill.cli.main import main
 from divdistill.metrics import embedders
 from divdistill.metrics.cache import EmbeddingCache
 from launch import launch, logged
+from tiny_cli import main
 
 MODEL = ["--base", "tiny/base", "--distilled", "tiny/distilled"]
 PROMPTS = ["--prompt", "a red cube", "--prompt", "a blue ball"]

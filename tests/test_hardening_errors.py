@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import tiny_cli
-from divdistill.cli.main import main
 from divdistill.jobs import MAX_SEED, JobError, read_prompts_csv
+from tiny_cli import main
 
 MODEL = ["--base", "tiny/base", "--distilled", "tiny/distilled"]
 PREFIX = "divdistill: error: "
@@ -55,12 +55,10 @@ def test_errors_are_one_line_in_one_format(tmp_path: Path, built: list, capsys, 
     line = error_line(capsys)
     assert "must be at least 1" in line and "(divdistill generate); see `divdistill generate --help`" in line
     # an I/O failure that is not bad input: the same line, exit code 1
-    from divdistill.cli import generate
-
     def full_disk(args, device, dtype):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(generate, "build_pipeline", full_disk)
+    monkeypatch.setattr(tiny_cli, "loader", full_disk)
     assert cli("generate", *MODEL, "--prompt", "a", "--out", tmp_path / "o") == 1
     assert "No space left on device" in error_line(capsys)
     with pytest.raises(OSError, match="No space"):  # --traceback: the exception itself

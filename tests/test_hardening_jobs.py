@@ -26,11 +26,10 @@ import pytest
 from PIL import Image
 
 import tiny_cli
-from divdistill.cli import generate
-from divdistill.cli.main import main
 from divdistill.images import contact_sheet_from_files, sheet_indices
 from divdistill.journal import JOURNAL
 from divdistill.outlock import LOCK_FILE, OutputLocked, acquire, read_owner
+from tiny_cli import main
 
 MODEL = ["--base", "tiny/base", "--distilled", "tiny/distilled"]
 TINY_CLI = Path(tiny_cli.__file__)
@@ -163,12 +162,12 @@ def test_resume_with_other_settings_is_refused_naming_them_unless_overwrite(
     prompts.write_text("prompt\none\ntwo\n")
     out = tmp_path / "out"
     args = ["generate", *MODEL, "--prompts", prompts, "-n", 2, "--out", out]
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(fail_on_call=3, built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(fail_on_call=3, built=built))
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli(*args)  # job 0 finished, job 1 half made
     manifest = json.loads((out / "manifest.json").read_text())  # written at the start, with the settings
     assert not manifest["complete"] and manifest["fingerprint"] and manifest["request"]["num_images"] == 2
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(built=built))
 
     assert cli(*args, "--guidance-scale", 2.5) == 2
     line = error_line(capsys)
@@ -184,10 +183,10 @@ def test_resume_with_other_settings_is_refused_naming_them_unless_overwrite(
 
     # One prompt, interrupted: its journal holds the settings; another --seed is refused naming the seeds.
     single = tmp_path / "single"
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(fail_on_call=1, built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(fail_on_call=1, built=built))
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli("generate", *MODEL, "--prompt", "a fox", "-n", 3, "--out", single)
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(built=built))
     assert cli("generate", *MODEL, "--prompt", "a fox", "-n", 3, "--seed", 10, "--out", single) == 2
     assert "seeds: 0..2 (3) there, 10..12 (3) now" in error_line(capsys)
     assert cli("generate", *MODEL, "--prompt", "a cat", "-n", 3, "--out", single) == 2
@@ -252,14 +251,14 @@ def test_an_interrupted_job_keeps_its_images_and_ends_as_an_uninterrupted_one(
     args = ["generate", *MODEL, "--prompt", "a castle", "-n", 6, "--seed", 4]
     assert cli(*args, "--out", tmp_path / "reference") == 0
     out = tmp_path / "out"
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(fail_on_call=3, built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(fail_on_call=3, built=built))
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli(*args, "--out", out)
     kept = stamps(out)
     assert sorted(p.name for p in kept) == ["000_seed4.png", "001_seed5.png", "002_seed6.png"]
     assert (out / JOURNAL).is_file() and not (out / "run.json").exists()
 
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(built=built))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(built=built))
     assert cli(*args, "--out", out) == 0
     assert [c["seeds"] for c in built[-1].calls] == [[7], [8], [9]]  # only the missing images
     assert {p: s for p, s in stamps(out).items() if p in kept} == kept  # the finished ones untouched
@@ -277,7 +276,7 @@ def test_an_interrupted_job_keeps_its_images_and_ends_as_an_uninterrupted_one(
 
 def test_a_huge_n_starts_at_once_in_bounded_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tiny_cli.tiny_pipeline()  # built before measuring
-    monkeypatch.setattr(generate, "build_pipeline", tiny_cli.builder(fail_on_call=2))
+    monkeypatch.setattr(tiny_cli, "loader", tiny_cli.builder(fail_on_call=2))
     out = tmp_path / "out"
     tracemalloc.start()
     try:

@@ -1,9 +1,11 @@
 """`divdistill` with the tiny SDXL pair of tests/pairs.py in place of real weights (no downloads).
 
-In-process, tests call `install(monkeypatch)`; as a script (`python tests/tiny_cli.py generate ...`, or under
-`accelerate launch`) it patches the builder itself and runs `divdistill.cli.main.main`. Every pipeline call is
-appended to `$DIVDISTILL_CALL_LOG/calls-<pid>.jsonl` when that variable is set, so a test can tell which
-process generated which (prompt, seed).
+The pair is injected, not patched in: `main(argv)` here runs `divdistill.cli.main.main(argv,
+load_pipeline=loader)`, where `loader` is the loader the `built` fixture (conftest.py) installs for a test (and
+tests swap, e.g. for one that crashes on its 4th call). As a script (`python tests/tiny_cli.py generate ...`, or
+under `accelerate launch`) it passes `builder(...)` itself. Every pipeline call is appended to
+`$DIVDISTILL_CALL_LOG/calls-<pid>.jsonl` when that variable is set, so a test can tell which process generated
+which (prompt, seed).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class LoggedPipeline:
 
 
 def builder(log_dir: str | None = None, fail_on_call: int | None = None, built: list | None = None):
-    """A replacement for `divdistill.cli.generate.build_pipeline`; each pipeline it returns goes into `built`."""
+    """A `load_pipeline(args, device, dtype)` for `divdistill.cli.main.main`; each pipeline it returns goes into
+    `built`."""
 
     def build_pipeline(args, device, dtype):
         pipe = LoggedPipeline(tiny_pipeline(), log_dir, fail_on_call)
@@ -69,9 +72,18 @@ def builder(log_dir: str | None = None, fail_on_call: int | None = None, built: 
     return build_pipeline
 
 
-if __name__ == "__main__":
-    from divdistill.cli import generate
-    from divdistill.cli.main import main
+#: The loader `main` passes (the `built` fixture installs one per test; None: the real loader).
+loader: Any = None
 
-    generate.build_pipeline = builder(os.environ.get("DIVDISTILL_CALL_LOG"))
-    sys.exit(main(sys.argv[1:]))
+
+def main(argv: list[str] | None = None) -> int:
+    """`divdistill` on the tiny pair: `divdistill.cli.main.main` with `loader` injected."""
+    from divdistill.cli.main import main as divdistill_main
+
+    return divdistill_main(argv, load_pipeline=loader)
+
+
+if __name__ == "__main__":
+    from divdistill.cli.main import main as divdistill_main
+
+    sys.exit(divdistill_main(sys.argv[1:], load_pipeline=builder(os.environ.get("DIVDISTILL_CALL_LOG"))))

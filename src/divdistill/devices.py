@@ -91,8 +91,50 @@ def default_device(mps: bool = True) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_device(device: str | torch.device | None, mps: bool = True) -> torch.device:
-    """`device` checked (see `check_device`), or `default_device(mps)` when it is None or 'auto'."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return default_device(mps)
-    return check_device(device)
+def resolve_device(
+    device: str | torch.device | None, mps: bool = True, state: Any = None, allow_tf32: bool = False
+) -> torch.device:
+    """The one device resolver of every command and loader.
+
+    `device` checked (see `check_device`), or `default_device(mps)` when it is None or 'auto'. Under a launch
+    (`state`, accelerate's PartialState, see `process_state`) an unset device is the process's, and a bare
+    'cuda' of a multi-process launch means this process's GPU. `allow_tf32` turns on TF32 matmuls and cuDNN
+    autotuning on CUDA (training, where the last bits do not matter; sampling keeps full float32).
+    """
+    import torch
+
+    if state is not None:
+        state_device = torch.device(state.device)
+        resolved = state_device if device is None or device == "auto" else check_device(device)
+        if resolved.index is None and resolved.type == state_device.type and state.num_processes > 1:
+            resolved = state_device
+        resolved = torch.device("cpu") if resolved.type == "cpu" else resolved
+    elif device is None or (isinstance(device, str) and device == "auto"):
+        resolved = default_device(mps)
+    else:
+        resolved = check_device(device)
+    if allow_tf32 and resolved.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return resolved
+
+
+def process_state(device: str | None = None) -> Any:
+    """accelerate's PartialState: this process's index and count under `accelerate launch`, else 0 of 1.
+
+    On a machine without accelerators (or with a cpu `device`) it is created with cpu=True, which is what makes
+    PartialState join a multi-process CPU launch (torchrun's RANK/WORLD_SIZE, gloo) instead of reporting a
+    single process. A `device` this machine lacks fails here, before any model loads.
+    """
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    if device is not None:
+        cpu = check_device(device).type == "cpu"
+    else:
+        cpu = not (torch.cuda.is_available() or _mps_available(torch))
+    # The final barrier waits for the slowest process, which after a lopsided resume can take hours.
+    return PartialState(cpu=cpu, timeout=timedelta(hours=12))

@@ -17,6 +17,7 @@ from divdistill.cli import CLIError
 if TYPE_CHECKING:
     import torch
 
+    from divdistill.jobs import ModelSettings
     from divdistill.pipeline import HybridPipeline
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -100,7 +101,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 # ----------------------------------------------------------------------------------------------- options
 def add_model_arguments(parser: argparse.ArgumentParser, title: str = MODEL_GROUP) -> Any:
-    """--preset, or --base/--distilled [--distilled-unet] [--scheduler]; --cache-dir. Returns the group."""
+    """--preset, or --base/--distilled [--distilled-unet] [--scheduler]; --cache-dir. Returns the group.
+
+    The command's namespace also gets `load_pipeline` (`build_pipeline`, the loader of the pair those arguments
+    name): commands load through it, and `divdistill.cli.main.main(argv, load_pipeline=...)` injects another
+    (tests pass a tiny pair; an app its own cache).
+    """
+    parser.set_defaults(load_pipeline=build_pipeline)
     model = parser.add_argument_group(title)
     model.add_argument("--preset", help="a named pair (see `divdistill presets`)")
     model.add_argument("--base", metavar="PATH_OR_REPO", help="base diffusers pipeline")
@@ -240,11 +247,19 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the model
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    """The pair the arguments name, as the settings record it: a preset, or the --base/--distilled settings."""
+    from divdistill.jobs import ModelSettings
+
+    if args.preset:
+        return ModelSettings(preset=args.preset)
+    return ModelSettings(base=args.base, distilled=args.distilled, distilled_unet=args.distilled_unet,
+                         scheduler=args.scheduler)  # fmt: skip
+
+
 def model_request(args: argparse.Namespace) -> dict[str, Any]:
     """The model part of a request: {"preset": NAME}, or the --base/--distilled settings."""
-    if args.preset:
-        return {"preset": args.preset}
-    return {k: getattr(args, k) for k in ("base", "distilled", "distilled_unet", "scheduler")}
+    return model_settings(args).to_json()
 
 
 def resolve_dtype(
@@ -263,11 +278,8 @@ def resolve_dtype(
 
 
 def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> HybridPipeline:
-    """Load the pair the arguments name, on `device` in `dtype`.
-
-    The commands call it through `divdistill.cli.generate.build_pipeline` (and trace through its own), the
-    names tests replace.
-    """
+    """Load the pair the arguments name, on `device` in `dtype`: the default `args.load_pipeline` of every
+    command that loads a pair (see `add_model_arguments`)."""
     from divdistill.pipeline import HybridPipeline
 
     offload = getattr(args, "offload", False)

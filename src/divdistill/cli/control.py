@@ -63,15 +63,15 @@ def add_pair_arguments(parser: argparse.ArgumentParser, auto_dtype: str = "float
 
 
 def load_pair(args: argparse.Namespace, auto_dtype: str = "float16") -> tuple[Any, Any]:
-    """(HybridPipeline, device) as `divdistill generate` builds it (tests replace generate.build_pipeline)."""
-    from divdistill.cli import generate
+    """(HybridPipeline, device) as `divdistill generate` builds it: through `args.load_pipeline` (see
+    `divdistill.cli.common.add_model_arguments`)."""
     from divdistill.devices import resolve_device
 
     device = resolve_device(args.device, mps=False)  # checked: a missing device fails before loading
     _, dtype = resolve_dtype(args.dtype, device, auto_dtype, args.preset)
     if not hasattr(args, "steps"):
         args.steps = None
-    pipe = generate.build_pipeline(args, device, dtype)
+    pipe = args.load_pipeline(args, device, dtype)
     return pipe, device
 
 

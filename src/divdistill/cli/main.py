@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from divdistill.cli import CLIError, control, demo, evaluate, generate, slider, trace
 from divdistill.pocket import cli as pocket_cli
 
+#: `load_pipeline(args, device, dtype) -> pipeline`: how a command loads the pair its arguments name.
+PipelineLoader = Callable[[argparse.Namespace, Any, Any], Any]
 PREFIX = "divdistill: error:"  # every error line starts so, whichever command raised it
 
 
@@ -109,8 +111,12 @@ def _exit_code(error: BaseException) -> int | None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `divdistill` console script; returns the exit code."""
+def main(argv: Sequence[str] | None = None, *, load_pipeline: PipelineLoader | None = None) -> int:
+    """Entry point of the `divdistill` console script; returns the exit code.
+
+    `load_pipeline(args, device, dtype)` replaces the loader of the pair (`divdistill.cli.common.build_pipeline`)
+    for every command that loads one: tests run the CLI on a tiny pair this way, an app on pipelines it holds.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -119,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if load_pipeline is not None and hasattr(args, "load_pipeline"):
+        args.load_pipeline = load_pipeline
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
