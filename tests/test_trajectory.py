@@ -348,7 +348,7 @@ def test_feature_distance_pairwise_matches_pairs() -> None:
 
 # ------------------------------------------------------------------------------------- the CLI and its page
 def test_trace_cli_writes_every_file_resumes_and_the_page_shows_its_images(tmp_path, monkeypatch, lcm_pipe) -> None:
-    from divdistill.cli import main, trace
+    from divdistill.cli import main
 
     calls = {"build": 0, "sample": 0}
 
@@ -362,7 +362,6 @@ def test_trace_cli_writes_every_file_resumes_and_the_page_shows_its_images(tmp_p
         calls["sample"] += 1
         return original_call(self, *args, **kwargs)
 
-    monkeypatch.setattr(trace, "build_pipeline", build)
     monkeypatch.setattr(HybridPipeline, "__call__", counted)
     prompts = tmp_path / "prompts.csv"
     with prompts.open("w", newline="") as handle:
@@ -393,7 +392,7 @@ def test_trace_cli_writes_every_file_resumes_and_the_page_shows_its_images(tmp_p
         "--out",
         str(out),
     ]
-    assert main.main(argv) == 0
+    assert main.main(argv, load_pipeline=build) == 0
     assert calls == {"build": 1, "sample": 6}  # 2 prompts x 3 modes, both seeds per call
 
     for name in ("index.html", "curves.json", "curves.csv", "commitment.png", "diversity.png", "trace.json"):
@@ -425,7 +424,7 @@ def test_trace_cli_writes_every_file_resumes_and_the_page_shows_its_images(tmp_p
 
     # Resume: finished prompts are skipped; a prompt without its prompt.json reuses its saved latents.
     (out / "prompts" / "dog" / "prompt.json").unlink()
-    assert main.main(argv) == 0
+    assert main.main(argv, load_pipeline=build) == 0
     assert calls["sample"] == 6 and (out / "prompts" / "dog" / "prompt.json").is_file()
 
     page = out / "index.html"

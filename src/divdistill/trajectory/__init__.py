@@ -3,47 +3,65 @@
     out = pipe(prompt, generator=..., return_trajectory=True)     # or callback=TrajectoryRecorder()
     traj = out.trajectory                                         # latents of every step, on the CPU
     traj.save("run/")  ...  traj = Trajectory.load("run/")
-    decoded = traj.decode(pipeline_decoder(pipe))                 # batched VAE decode (or autoencoder_decoder)
+    decoded = decode_trajectory(traj, pipeline_decoder(pipe))     # batched VAE decode (or autoencoder_decoder)
     curve = commitment_curve(decoded, get_distance("auto"))
 
-Figures are in `divdistill.trajectory.render`, the HTML report in `divdistill.trajectory.report`
-(both imported on demand: they pull matplotlib / write files).
+    result = trace(pipe, ["a photo of a dog"], "0-7", "base,distilled,hybrid", "out/")   # what `divdistill trace` runs
+
+Modules: `divdistill.recording` (the recorder, below the pipeline), `decode`, `curves`, `render` (figures),
+`report` (curves files, HTML), `seeds` (seed lists), and the trace itself: `plan` (prompts, settings),
+`prompt` (one prompt), `records` (files, resume), `aggregate` (curves over prompts), `index`, `run`.
+
+Names are imported on first use (PEP 562), so `divdistill.trajectory.seeds` stays torch-free.
 """
 
-from divdistill.trajectory.curves import (
-    Curve,
-    SwitchPoint,
-    commitment_curve,
-    commitment_distances,
-    curve_from_values,
-    diversity_curve,
-    diversity_distances,
-    suggest_switch_point,
-)
-from divdistill.trajectory.decode import (
-    DecodedTrajectory,
-    autoencoder_decoder,
-    decode_latents,
-    decode_trajectory,
-    pipeline_decoder,
-)
-from divdistill.trajectory.recorder import Trajectory, TrajectoryRecorder, chain_callbacks
+from __future__ import annotations
 
-__all__ = [
-    "Curve",
-    "DecodedTrajectory",
-    "SwitchPoint",
-    "Trajectory",
-    "TrajectoryRecorder",
-    "autoencoder_decoder",
-    "chain_callbacks",
-    "commitment_curve",
-    "commitment_distances",
-    "curve_from_values",
-    "decode_latents",
-    "decode_trajectory",
-    "diversity_curve",
-    "diversity_distances",
-    "pipeline_decoder",
-    "suggest_switch_point",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Curve": "curves",
+    "SwitchPoint": "curves",
+    "commitment_curve": "curves",
+    "commitment_distances": "curves",
+    "curve_from_values": "curves",
+    "diversity_curve": "curves",
+    "diversity_distances": "curves",
+    "suggest_switch_point": "curves",
+    "DecodedTrajectory": "decode",
+    "PreviewDecoder": "decode",
+    "autoencoder_decoder": "decode",
+    "decode_latents": "decode",
+    "decode_trajectory": "decode",
+    "pipeline_decoder": "decode",
+    "Trajectory": "divdistill.recording",
+    "TrajectoryRecorder": "divdistill.recording",
+    "chain_callbacks": "divdistill.recording",
+    "parse_seeds": "seeds",
+    "PromptJob": "plan",
+    "TraceSampling": "plan",
+    "ModeRecord": "records",
+    "PromptRecord": "records",
+    "TraceFolderError": "records",
+    "TraceSummary": "aggregate",
+    "DeferredPipeline": "run",
+    "TraceResult": "run",
+    "trace": "run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'divdistill.trajectory' has no attribute {name!r}")
+    path = module if module.startswith("divdistill.") else f"divdistill.trajectory.{module}"
+    value = getattr(importlib.import_module(path), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from divdistill.families import family_of
+from divdistill.images import to_uint8
+from divdistill.pipeline import HybridPipeline
+
 if TYPE_CHECKING:
-    from divdistill.trajectory.recorder import Trajectory
+    from divdistill.recording import Trajectory
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 def pipeline_decoder(pipe: Any) -> Decoder:
     """The VAE decode of a `HybridPipeline` (or a diffusers pipeline), through its family's own decode."""
-    from divdistill.families import family_of
-    from divdistill.pipeline import HybridPipeline
-
     target = getattr(pipe, "distilled", pipe)
     family = family_of(target)
 
@@ -61,9 +62,30 @@ def autoencoder_decoder(
     return decode
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] to uint8 the way diffusers' `numpy_to_pil` rounds them."""
-    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+class PreviewDecoder:
+    """A diffusers `AutoencoderTiny` (e.g. "madebyollin/taesdxl") loaded on its first call, so a trace that
+    samples nothing (all finished, or refused) never downloads or loads it; `name` is its source."""
+
+    def __init__(
+        self,
+        source: str,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        cache_dir: str | None = None,
+    ):
+        self.name, self.device, self.dtype, self.cache_dir = source, device, dtype, cache_dir
+        self._decode: Decoder | None = None
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._decode is None:
+            from diffusers import AutoencoderTiny
+
+            from divdistill.loading import diffusers_dtype
+
+            dtype = {} if self.dtype is None else diffusers_dtype(self.dtype)
+            vae = AutoencoderTiny.from_pretrained(self.name, cache_dir=self.cache_dir, **dtype)
+            self._decode = autoencoder_decoder(vae.to(self.device or "cpu").eval())
+        return self._decode(latents)
 
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +114,7 @@ def decode_latents(latents: torch.Tensor, decoder: Decoder, chunk_size: int = 16
 class DecodedTrajectory:
     """Decoded images of a trajectory: `x0` [steps, batch, 3, H, W], `final` [batch, 3, H, W], optional `x_t`.
 
-    Images are uint8 (as decoded) or float in [0, 1] (e.g. hand-made ones); `image(...)` gives float32.
+    Images are uint8 (as decoded) or float in [0, 1] (e.g. hand-made ones); `x0_float` and `final_float` give float32.
     """
 
     trajectory: Trajectory
@@ -134,31 +156,6 @@ class DecodedTrajectory:
         for index, prompt in enumerate(self.trajectory.prompts):
             groups.setdefault(prompt, []).append(index)
         return groups
-
-    # -------------------------------------------------------------------------------------- figures, curves
-    def commitment(self, distance: Any) -> torch.Tensor:
-        """Distances [steps, batch] of each step's x0-hat to the final image (see `curves.commitment_distances`)."""
-        from divdistill.trajectory.curves import commitment_distances
-
-        return commitment_distances(self, distance)
-
-    def diversity(self, distance: Any) -> torch.Tensor:
-        """Mean pairwise distance among each prompt's seeds per step, [steps, prompts]."""
-        from divdistill.trajectory.curves import diversity_distances
-
-        return diversity_distances(self, distance)
-
-    def grid(self, path: Any = None, **kwargs: Any):
-        """Rows = images (seeds), columns = steps (see `render.trajectory_grid`)."""
-        from divdistill.trajectory.render import trajectory_grid
-
-        return trajectory_grid(self, path, **kwargs)
-
-    def animation(self, path: Any, **kwargs: Any):
-        """GIF/WebP of x0-hat over the steps (see `render.animation`)."""
-        from divdistill.trajectory.render import animation
-
-        return animation(self, path, **kwargs)
 
 
 def decode_trajectory(
