@@ -59,9 +59,10 @@ def test_trace_from_python_writes_what_the_cli_writes(tmp_path: Path, built: lis
         for name in record.files:  # the figures are the same bytes
             assert (lib_out / folder / name).read_bytes() == (cli_out / folder / name).read_bytes(), name
     assert (lib_out / "index.html").read_text() == (cli_out / "index.html").read_text()
-    assert result.switch_point is not None and result.switch_point.to_dict() == read(lib_out / "trace.json")[
-        "switch_point"
-    ]
+    assert (
+        result.switch_point is not None
+        and result.switch_point.to_dict() == read(lib_out / "trace.json")["switch_point"]
+    )
     assert all(path.is_file() for path in result.files)
     assert [m for m in result.prompts[0].modes] == ["base", "distilled", "hybrid:1"]
     assert (lib_out / "prompts" / "000" / "grid-hybrid-1.png").is_file()
