@@ -46,10 +46,6 @@ class Conditioning:
     def batch_size(self) -> int:
         return self.hidden_states.shape[0]
 
-    @property
-    def has_negative(self) -> bool:
-        return self.negative_hidden_states is not None
-
     def network_inputs(self, guided: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """Hidden states and added kwargs for one network call; `guided` stacks [negative, positive]."""
         if not guided:

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+import divdistill.control.peft_ops as peft_ops
 from divdistill.adapter_spec import check_adapter_scale
-from divdistill.control import peft_ops
 from divdistill.control.formats import (
     AdapterMismatchError,
     LoraFile,
@@ -213,7 +213,7 @@ class AdaptedPipeline:
         resolved: dict[str, tuple[dict[str, LoraLayer], MatchReport]] = {}
         for model in models:
             network = self.unet(model)
-            kind = "UNet" if "UNet" in type(network).__name__ else "transformer"
+            kind = getattr(self.pipe.family, "network_label", "network")
             layers, report = resolve(lora, network, target=f"{model} {kind} ({family})", family=family)
             if not layers or (strict and not report.complete):
                 raise AdapterMismatchError(lora.describe(), report)

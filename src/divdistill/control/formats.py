@@ -17,13 +17,14 @@ Formats (`detect_format`):
 
 Transformer families (PixArt, SD3, FLUX) take the same PEFT / diffusers files with a `transformer.` prefix.
 
-Which converter resolves what: PEFT and diffusers keys name modules directly. Legacy keys go through diffusers'
-`convert_unet_state_dict_to_peft`. Kohya keys (both kinds) go through diffusers' own kohya converter
-(`lora_state_dict`, which also maps sgm block names); checked here with diffusers 0.42 it resolves every layer
-a Concept Slider trains on SD and SDXL UNets (Transformer2DModel, ResnetBlock2D, Down/Upsample2D). Where its
-result names no module of the target UNet (e.g. it folds SDXL's `add_embedding.linear_1` and `linear_2` into one
-name), the key is matched here instead, by comparing it with every Linear/Conv2d path of the UNet written with
-underscores. Each resolved layer records which converter resolved it.
+Which converter resolves what: PEFT and diffusers keys name modules directly (`candidates`). Legacy keys go
+through diffusers' `convert_unet_state_dict_to_peft`. Kohya keys (both kinds) go through the diffusers converter
+the target's family names (`kohya`); checked with diffusers 0.42, SD's resolves every layer a Concept Slider
+trains on SD and SDXL UNets (Transformer2DModel, ResnetBlock2D, Down/Upsample2D). Where its result names no
+module of the target UNet (e.g. it folds SDXL's `add_embedding.linear_1` and `linear_2` into one name), the key
+is matched by name instead. Each resolved layer records which converter resolved it.
+
+This module reads, resolves and writes; the data types are `divdistill.control.lora`'s (re-exported here).
 
 The effective weight change of a layer is `scale * up @ down` with scale = alpha / rank (times the adapter
 weight at inference), for linear and conv layers alike (conv: down is a k x k conv, up a 1 x 1 conv).
@@ -32,211 +33,36 @@ weight at inference), for linear and conv layers alike (conv: down is a k x k co
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-FORMATS = ("diffusers", "peft", "diffusers-legacy", "kohya", "kohya-sgm")
-KOHYA_UNET = "lora_unet_"
-KOHYA_NETWORK = (KOHYA_UNET, "lora_transformer_")
-KOHYA_TEXT = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
-TEXT_PREFIXES = ("text_encoder.", "text_encoder_2.", "text_encoder_3.")
-NETWORK_PREFIXES = ("unet.", "transformer.")
-#: Families whose kohya files name modules of the original code base, converted (with the tensors) by diffusers.
-KOHYA_CONVERTERS = {"flux": "FluxPipeline"}
-PEFT_PREFIX = "base_model.model."
-SGM_NAMES = ("input_blocks", "middle_block", "output_blocks")
-LYCORIS_MARKERS = ("hada_w", "lokr_w", ".oft_", "lora_mid")
-METADATA_KEY = "lora_adapter_metadata"  # diffusers' LoRA config key in the safetensors header
-INFO_KEY = "divdistill"  # our own JSON record (kind, family, prompts, ...) in the safetensors header
-LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
-CONVERTERS = {  # how a layer's module path was found
-    "keys": "named by their keys",
-    "diffusers": "via diffusers' converter",
-    "divdistill": "matched by name here",
-}
-
-
-class AdapterFormatError(ValueError):
-    """A file that is not a LoRA this module can read (the message says what it holds instead)."""
-
-
-@dataclass
-class MatchReport:
-    """How the LoRA layers of one file map onto one UNet."""
-
-    target: str
-    format: str
-    total: int = 0
-    matched: list[str] = field(default_factory=list)
-    converters: Counter = field(default_factory=Counter)
-    missing: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    unsupported: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def problems(self) -> int:
-        return len(self.missing) + len(self.mismatched) + len(self.unsupported)
-
-    @property
-    def complete(self) -> bool:
-        """Every layer of the file matched a module of the target, with the right shapes."""
-        return self.problems == 0 and bool(self.matched)
-
-    def summary(self) -> str:
-        via = ", ".join(f"{n} {CONVERTERS.get(c, c)}" for c, n in sorted(self.converters.items()))
-        text = f"{len(self.matched)} of {self.total} LoRA layers matched the {self.target} ({self.format} format"
-        return text + (f"; {via})" if via else ")")
-
-    def listing(self, limit: int = 40) -> str:
-        """What did not match, by kind (at most `limit` lines per kind; the report holds all)."""
-        parts = list(self.notes)
-        for title, items in (
-            ("not in the model", self.missing),
-            ("shape or kind mismatch", self.mismatched),
-            ("not applied (unsupported)", self.unsupported),
-        ):
-            if items:
-                shown = "; ".join(items[:limit])
-                more = f"; ... and {len(items) - limit} more" if len(items) > limit else ""
-                parts.append(f"{title} ({len(items)}): {shown}{more}")
-        return "\n".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "format": self.format,
-            "total": self.total,
-            "matched": len(self.matched),
-            "converters": dict(self.converters),
-            "missing": self.missing,
-            "mismatched": self.mismatched,
-            "unsupported": self.unsupported,
-            "notes": self.notes,
-        }
-
-
-class AdapterMismatchError(ValueError):
-    """An adapter that does not fit its target model; `.report` lists every layer that did not match."""
-
-    def __init__(self, source: str, report: MatchReport):
-        self.report = report
-        head = f"{source} does not fit the {report.target}: {report.summary()}"
-        super().__init__(f"{head}.\n{report.listing()}")
-
-
-# ----------------------------------------------------------------------------------------------- layers
-@dataclass
-class LoraLayer:
-    """One LoRA layer as PEFT holds it: `down` is lora_A's weight, `up` lora_B's, scale = alpha / rank."""
-
-    path: str
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float
-    keys: tuple[str, ...] = ()
-    converter: str = "keys"
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
-
-    def delta(self) -> torch.Tensor:
-        """The effective change of the layer's weight at adapter weight 1 (float32)."""
-        down, up = self.down.float(), self.up.float()
-        if down.ndim == 2:
-            return self.scale * (up.reshape(up.shape[0], -1) @ down)
-        product = up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)
-        return self.scale * product.reshape(up.shape[0], *down.shape[1:])
-
-
-@dataclass
-class LoraFile:
-    """A LoRA file's tensors as stored, its detected format, LoRA config (if stored) and other metadata."""
-
-    state_dict: dict[str, torch.Tensor]
-    format: str
-    source: str | None = None
-    config: dict[str, Any] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        if self.source is None:
-            return "adapter"
-        path = Path(self.source)
-        return path.stem if path.suffix else path.name
-
-    def describe(self) -> str:
-        return self.source or "the adapter state dict"
-
-
-def lora_targets(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Every Linear / Conv2d of the model by path, seen through PEFT wrappers (path -> the base layer)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    targets: dict[str, torch.nn.Module] = {}
-    wrapped: list[str] = []
-    for path, module in unet.named_modules():
-        if any(path.startswith(prefix) for prefix in wrapped):
-            continue
-        if isinstance(module, BaseTunerLayer):
-            targets[path] = module.get_base_layer()
-            wrapped.append(path + ".")
-        elif isinstance(module, LAYER_TYPES) and path:
-            targets[path] = module
-    return targets
-
-
-def describe_module(module: torch.nn.Module) -> str:
-    if isinstance(module, torch.nn.Linear):
-        return f"Linear({module.in_features} -> {module.out_features})"
-    if isinstance(module, torch.nn.Conv2d):
-        kh, kw = module.kernel_size
-        return f"Conv2d({module.in_channels} -> {module.out_channels}, {kh}x{kw})"
-    return type(module).__name__
-
-
-def fit_shapes(module: torch.nn.Module, down: torch.Tensor, up: torch.Tensor):
-    """(down, up) reshaped for `module`, or a reason why they cannot be (1x1 convs and linears interchange)."""
-    if down.ndim not in (2, 4) or up.ndim not in (2, 4):
-        return None, f"down {list(down.shape)} / up {list(up.shape)} are not LoRA factors"
-    rank = down.shape[0]
-    if up.shape[1] != rank:
-        return None, f"down has rank {rank} but up {list(up.shape)} rank {up.shape[1]}"
-    if up.ndim == 4 and tuple(up.shape[2:]) != (1, 1):
-        return None, f"up {list(up.shape)} is not a 1x1 factor"
-    if isinstance(module, torch.nn.Linear):
-        if down.ndim == 4 and tuple(down.shape[2:]) != (1, 1):
-            return None, f"a {tuple(down.shape[2:])} conv factor for a linear layer"
-        down, up = down.reshape(rank, -1), up.reshape(up.shape[0], rank)
-        expected = ((rank, module.in_features), (module.out_features, rank))
-    elif isinstance(module, torch.nn.Conv2d):
-        kh, kw = module.kernel_size
-        if down.ndim == 2:
-            if (kh, kw) != (1, 1):
-                return None, f"a linear factor for a {kh}x{kw} conv"
-            down = down.reshape(*down.shape, 1, 1)
-        up = up.reshape(up.shape[0], rank, 1, 1)
-        expected = ((rank, module.in_channels // module.groups, kh, kw), (module.out_channels, rank, 1, 1))
-    else:
-        return None, f"{type(module).__name__} layers take no LoRA here"
-    if (tuple(down.shape), tuple(up.shape)) != expected:
-        wanted = f"{list(expected[0])} / {list(expected[1])}"
-        return None, f"down {list(down.shape)} / up {list(up.shape)}, expected {wanted}"
-    return (down, up), None
+from divdistill.control.candidates import legacy_candidates, peft_candidates, split_text_encoder
+from divdistill.control.kohya import converted_kohya_candidates, kohya_candidates
+from divdistill.control.lora import (
+    CONVERTERS,
+    FORMATS,
+    INFO_KEY,
+    KOHYA_NETWORK,
+    KOHYA_TEXT,
+    KOHYA_UNET,
+    LYCORIS_MARKERS,
+    METADATA_KEY,
+    PEFT_PREFIX,
+    SGM_NAMES,
+    AdapterFormatError,
+    AdapterMismatchError,
+    LoraFile,
+    LoraLayer,
+    MatchReport,
+    describe_module,
+    fit_shapes,
+    lora_targets,
+)
+from divdistill.families import family_of_network, get_family
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -362,242 +188,35 @@ def read_lora(source: str | Path | dict[str, torch.Tensor] | LoraFile) -> LoraFi
 
 
 # ----------------------------------------------------------------------------------------------- resolving
-@contextmanager
-def _quiet_diffusers() -> Iterator[None]:
-    logger = logging.getLogger("diffusers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _pattern_value(patterns: dict[str, Any] | None, path: str, default: Any) -> Any:
-    """A rank/alpha pattern's value for `path`, matched as PEFT matches them."""
-    if not patterns:
-        return default
-    try:
-        from peft.utils.other import get_pattern_key
-    except ImportError:  # pragma: no cover (older peft)
-        get_pattern_key = None
-    if get_pattern_key is not None:
-        key = get_pattern_key(list(patterns), path)
-        return patterns.get(key, default)
-    for key, value in patterns.items():  # pragma: no cover
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return default
-
-
-@dataclass
-class _Candidate:
-    """A LoRA layer found in the file before it is checked against the target."""
-
-    path: str | None
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float | None
-    keys: tuple[str, ...]
-    converter: str
-    label: str
-
-
-def _peft_candidates(state_dict: dict[str, torch.Tensor], config: dict | None, report: MatchReport,
-                     origin: dict[str, str] | None = None, converter: str = "keys") -> list[_Candidate]:  # fmt: skip
-    """Layers of PEFT-keyed tensors (`<path>.lora_A.weight`); `origin` maps keys back to the file's keys."""
-    origin = origin or {}
-    groups: dict[str, dict[str, str]] = {}
-    paths = {k.rsplit(".lora_", 1)[0] for k in state_dict if ".lora_" in k}
-    for key in state_dict:
-        match = re.fullmatch(r"(.+)\.lora_([AB])\.weight", key)
-        if match is None:
-            if key.endswith(".alpha") and key[: -len(".alpha")] in paths:
-                groups.setdefault(key[: -len(".alpha")], {})["alpha"] = key
-                continue
-            report.unsupported.append(f"{origin.get(key, key)} (not a LoRA factor: DoRA magnitudes and LoRA biases "
-                                      "are not supported)")  # fmt: skip
-            continue
-        groups.setdefault(match.group(1), {})[match.group(2)] = key
-    config = config or {}
-    out = []
-    for path, parts in groups.items():
-        keys = tuple(origin.get(k, k) for k in parts.values())
-        if "A" not in parts or "B" not in parts:
-            report.unsupported.append(f"{path} (only {'lora_A' if 'A' in parts else 'lora_B'} is stored)")
-            continue
-        down, up = state_dict[parts["A"]], state_dict[parts["B"]]
-        if "alpha" in parts:
-            alpha = float(state_dict[parts["alpha"]].item())
-        elif config:
-            default_alpha = config.get("lora_alpha", config.get("r", down.shape[0]))
-            alpha = float(_pattern_value(config.get("alpha_pattern"), path, default_alpha))
-            if config.get("use_rslora"):  # scale alpha / sqrt(rank), written as an alpha over the rank
-                alpha *= float(down.shape[0]) ** 0.5
-            rank = _pattern_value(config.get("rank_pattern"), path, config.get("r", down.shape[0]))
-            if int(rank) != down.shape[0]:
-                report.notes.append(f"{path}: the stored config says rank {rank}, the tensors have {down.shape[0]}")
-        else:
-            alpha = None  # diffusers' convention without a config: alpha = rank (scale 1)
-        out.append(_Candidate(path, down, up, alpha, keys, converter, path))
-    return out
-
-
-def _legacy_candidates(state_dict, report: MatchReport) -> list[_Candidate]:
-    """Attention-processor keys, renamed by diffusers' own `convert_unet_state_dict_to_peft`."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
-
-    converted = convert_unet_state_dict_to_peft(dict(state_dict))
-    origin: dict[str, str] = {}
-    by_id = {id(v): k for k, v in state_dict.items()}
-    for key, value in converted.items():
-        origin[key] = by_id.get(id(value), key)
-    return _peft_candidates(converted, None, report, origin, converter="diffusers")
-
-
-def _kohya_groups(state_dict, report: MatchReport) -> dict[str, dict[str, str]]:
-    groups: dict[str, dict[str, str]] = {}
-    for key in state_dict:
-        name, _, rest = key.partition(".")
-        kind = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}.get(rest)
-        if kind is None:
-            report.unsupported.append(f"{key} (not a LoRA factor: DoRA scales and weight diffs are not supported)")
-            continue
-        groups.setdefault(name, {})[kind] = key
-    complete = {}
-    for name, parts in groups.items():
-        if "down" in parts and "up" in parts:
-            complete[name] = parts
-        else:
-            report.unsupported.append(f"{name} (incomplete: {', '.join(sorted(parts))} only)")
-    return complete
-
-
-def _diffusers_kohya_paths(groups: dict[str, dict[str, str]], unet_config: Any, report: MatchReport) -> dict:
-    """group name -> module path, as diffusers' kohya converter (`lora_state_dict`) maps it.
-
-    The converter runs on stand-in tensors holding each key's index, so every name it produces can be traced back
-    to the key it came from (its renames are per key; two keys it folds into one name are both left out).
-    """
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_unet_state_dict_to_peft
-
-    index: dict[str, int] = {}
-    probe: dict[str, torch.Tensor] = {}
-    for parts in groups.values():
-        for key in parts.values():
-            index[key] = len(index)
-            probe[key] = torch.tensor(float(index[key]))
-    keys = list(index)
-    try:
-        with _quiet_diffusers():
-            converted, _ = StableDiffusionPipeline.lora_state_dict(probe, unet_config=unet_config)
-        converted = convert_unet_state_dict_to_peft(
-            {k[len("unet.") :]: v for k, v in converted.items() if k.startswith("unet.")}
-        )
-    except Exception as error:  # the converter rejects the file: every key is matched here instead
-        report.notes.append(f"diffusers' kohya converter could not convert this file ({error}); matched by name")
-        return {}
-    found: dict[str, list[str]] = {}
-    for key, value in converted.items():
-        match = re.fullmatch(r"(.+)\.lora_A\.weight", key)
-        if match:
-            source = keys[int(value.item())]
-            found.setdefault(source.partition(".")[0], []).append(match.group(1))
-    return {name: paths[0] for name, paths in found.items() if len(paths) == 1}
-
-
-def _kohya_candidates(state_dict, unet: torch.nn.Module, targets: dict, report: MatchReport) -> list[_Candidate]:
-    groups = _kohya_groups(state_dict, report)
-    unet_family = hasattr(unet.config, "block_out_channels") and hasattr(unet.config, "cross_attention_dim")
-    by_diffusers = _diffusers_kohya_paths(groups, unet.config, report) if unet_family else {}
-    underscored: dict[str, str | None] = {}
-    for path in targets:
-        flat = path.replace(".", "_")
-        underscored[flat] = None if flat in underscored else path  # None: two modules would share the name
-    out = []
-    for name, parts in groups.items():
-        guess = by_diffusers.get(name)
-        prefix = next((p for p in KOHYA_NETWORK if name.startswith(p)), KOHYA_UNET)
-        own = underscored.get(name[len(prefix) :])
-        label = name
-        if guess in targets and (own is None or own == guess):
-            path, converter = guess, "diffusers"
-        elif own is not None:
-            path, converter = own, "divdistill"
-        else:
-            path, converter = None, "none"
-            label = name + (f" (diffusers' converter: {guess})" if guess else "")
-        down, up = state_dict[parts["down"]], state_dict[parts["up"]]
-        alpha = float(state_dict[parts["alpha"]].item()) if "alpha" in parts else None
-        out.append(_Candidate(path, down, up, alpha, tuple(parts.values()), converter, label))
-    return out
-
-
-def _converted_kohya_candidates(state_dict, family: str, report: MatchReport) -> list[_Candidate]:
-    """Layers of a kohya file in a family whose converter rewrites tensors (FLUX: fused qkv split in three)."""
-    import diffusers
-
-    loader = getattr(diffusers, KOHYA_CONVERTERS[family])
-    try:
-        with _quiet_diffusers():
-            converted, alphas = loader.lora_state_dict(dict(state_dict), return_alphas=True)
-    except Exception as error:  # e.g. block indices or widths the real model does not have
-        report.notes.append(f"diffusers' {family} kohya converter rejected this file: {type(error).__name__}: {error}")
-        groups = _kohya_groups(state_dict, report)
-        return [_Candidate(None, torch.zeros(0), torch.zeros(0), None, (), "none", name) for name in groups]
-    network, text = {}, []
-    for key, value in {**converted, **(alphas or {})}.items():
-        if key.startswith(TEXT_PREFIXES):
-            text.append(key)
-        else:
-            network[key.removeprefix("transformer.")] = value
-    if text:
-        report.unsupported.append(f"{len(text)} text-encoder tensors (e.g. {text[0]}; divdistill applies "
-                                  "the denoising network's LoRA layers only)")  # fmt: skip
-    return _peft_candidates(network, None, report, converter="diffusers")
-
-
-def split_text_encoder(lora: LoraFile) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """(UNet part of the state dict with prefixes removed, text-encoder keys)."""
-    unet: dict[str, torch.Tensor] = {}
-    text: list[str] = []
-    for key, value in lora.state_dict.items():
-        if key.startswith(KOHYA_TEXT) or key.startswith(TEXT_PREFIXES):
-            text.append(key)
-        elif lora.format == "peft":
-            unet[key.removeprefix(PEFT_PREFIX)] = value
-        elif lora.format in ("diffusers", "diffusers-legacy"):
-            prefix = next((p for p in NETWORK_PREFIXES if key.startswith(p)), "")
-            unet[key[len(prefix) :]] = value
-        else:
-            unet[key] = value
-    return unet, text
-
-
 def resolve(
     lora: LoraFile | str | Path | dict, unet: torch.nn.Module, target: str = "UNet", family: str | None = None
 ) -> tuple[dict[str, LoraLayer], MatchReport]:
-    """Map a LoRA's layers onto `unet`: {module path: LoraLayer} for what fits, and the report of the rest."""
+    """Map a LoRA's layers onto `unet`: {module path: LoraLayer} for what fits, and the report of the rest.
+
+    `family` is the target's family name (None: the family of the network's class, if any); it says which
+    converter reads kohya files.
+    """
     lora = read_lora(lora)
+    owner = get_family(family) if family else family_of_network(unet)
+    conversion = owner.kohya if owner is not None else None
     report = MatchReport(target=target, format=lora.format)
     trained = lora.info.get("family")
     if family and trained and trained != family:
         report.notes.append(f"the adapter was trained on a {trained} model; the target is a {family} model")
     targets = lora_targets(unet)
-    if lora.format == "kohya" and family in KOHYA_CONVERTERS:  # the converter sorts out text-encoder tensors
-        candidates = _converted_kohya_candidates(lora.state_dict, family, report)
+    if lora.format == "kohya" and conversion is not None and conversion.rewrites_tensors:
+        candidates = converted_kohya_candidates(lora.state_dict, owner, report)  # it sorts out text encoders
     else:
         state_dict, text = split_text_encoder(lora)
         if text:
             report.unsupported.append(f"{len(text)} text-encoder tensors (e.g. {text[0]}; divdistill applies "
                                       "the denoising network's LoRA layers only)")  # fmt: skip
         if lora.format in ("kohya", "kohya-sgm"):
-            candidates = _kohya_candidates(state_dict, unet, targets, report)
+            candidates = kohya_candidates(state_dict, unet, targets, report, conversion)
         elif lora.format == "diffusers-legacy":
-            candidates = _legacy_candidates(state_dict, report)
+            candidates = legacy_candidates(state_dict, report)
         else:
-            candidates = _peft_candidates(state_dict, lora.config, report)
+            candidates = peft_candidates(state_dict, lora.config, report)
     report.total = len(candidates)
     layers: dict[str, LoraLayer] = {}
     for candidate in candidates:
@@ -707,3 +326,25 @@ def save_lora(
         write_json_atomic(config, path / "adapter_config.json")
         return _atomic_save(peft_state_dict(layers, PEFT_PREFIX), path / "adapter_model.safetensors", _header(info))
     raise ValueError(f"unknown format {format!r}; choose diffusers, kohya or peft")
+
+
+__all__ = [
+    "CONVERTERS",
+    "FORMATS",
+    "AdapterFormatError",
+    "AdapterMismatchError",
+    "LoraFile",
+    "LoraLayer",
+    "MatchReport",
+    "check_adapter_file",
+    "describe_module",
+    "detect_format",
+    "fit_shapes",
+    "lora_targets",
+    "peft_config",
+    "peft_state_dict",
+    "read_lora",
+    "resolve",
+    "save_lora",
+    "split_text_encoder",
+]
