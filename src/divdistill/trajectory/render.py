@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from divdistill.images import atomic_write
+from divdistill.images import Grid, atomic_write, fit, font, text_size, to_pil
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,25 +30,6 @@ MIN_CELL, MAX_CELL = 96, 256
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _font(size: int) -> Any:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
-        return ImageFont.load_default()
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, int]:
-    left, top, right, bottom = draw.multiline_textbbox((0, 0), text or " ", font=font, spacing=2)
-    return right - left, bottom - top
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A [3, H, W] image (uint8, or float in [0, 1]) as an RGB PIL image."""
-    if image.dtype != torch.uint8:
-        image = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    return Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy(), mode="RGB")
-
-
 def cell_size(height: int, width: int, cell: int | None = None) -> tuple[int, int]:
     """Display size of one image: small ones enlarged by an integer factor, big ones shrunk to `MAX_CELL`."""
     if cell is not None:
@@ -58,13 +39,6 @@ def cell_size(height: int, width: int, cell: int | None = None) -> tuple[int, in
     else:
         scale = min(1.0, MAX_CELL / max(height, width))
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    if image.size == size:
-        return image
-    enlarge = size[0] >= image.width and size[0] % image.width == 0
-    return image.resize(size, Image.Resampling.NEAREST if enlarge else Image.Resampling.LANCZOS)
 
 
 def pick_columns(count: int, max_columns: int | None) -> list[int]:
@@ -98,38 +72,6 @@ def _image_caption(decoded: DecodedTrajectory, index: int) -> str:
     return f"seed {seed}" if seed is not None else f"image {index}"
 
 
-class _Canvas:
-    """A table of equal image cells with a header row and a label column."""
-
-    def __init__(self, rows: int, columns: int, cell: tuple[int, int], header: int, label: int, caption: int = 0):
-        self.cell, self.header, self.label, self.caption, self.pad = cell, header, label, caption, 4
-        width = label + columns * (cell[0] + self.pad) + self.pad
-        height = header + rows * (cell[1] + caption + self.pad) + self.pad
-        self.image = Image.new("RGB", (width, height), BACKGROUND)
-        self.draw = ImageDraw.Draw(self.image)
-
-    def origin(self, row: int, column: int) -> tuple[int, int]:
-        return (
-            self.label + self.pad + column * (self.cell[0] + self.pad),
-            self.header + self.pad + row * (self.cell[1] + self.caption + self.pad),
-        )
-
-    def paste(self, row: int, column: int, image: Image.Image, caption: str | None = None, font: Any = None):
-        x, y = self.origin(row, column)
-        self.image.paste(_fit(image, self.cell), (x, y))
-        if caption:
-            self.draw.multiline_text((x, y + self.cell[1] + 1), caption, fill=INK, font=font, spacing=2)
-
-    def column_title(self, column: int, text: str, font: Any, top: int = 2) -> None:
-        x, _ = self.origin(0, column)
-        self.draw.multiline_text((x, top), text, fill=INK, font=font, spacing=2)
-
-    def row_title(self, row: int, text: str, font: Any) -> None:
-        _, y = self.origin(row, 0)
-        _, height = _text_size(self.draw, text, font)
-        self.draw.multiline_text((4, y + (self.cell[1] - height) // 2), text, fill=INK, font=font, spacing=2)
-
-
 # ----------------------------------------------------------------------------------------------- figures
 def trajectory_grid(
     decoded: DecodedTrajectory,
@@ -148,29 +90,28 @@ def trajectory_grid(
     final = decoded.final_float()
     show_final = not torch.equal(final, decoded.x0_float(decoded.num_steps - 1))
     size = cell_size(decoded.x0.shape[-2], decoded.x0.shape[-1], cell)
-    font = _font(max(10, min(14, size[0] // 8)))
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    face = font(max(10, min(14, size[0] // 8)))
     captions = [_step_caption(decoded, s) for s in steps]
-    header = max(_text_size(probe, c, font)[1] for c in captions) + 8
+    header = max(text_size(c, face)[1] for c in captions) + 8
     labels = [_image_caption(decoded, i) for i in rows]
-    label_width = max(_text_size(probe, text, font)[0] for text in labels) + 10
-    title_height = (_text_size(probe, title, font)[1] + 6) if title else 0
-    canvas = _Canvas(len(rows), len(steps) + show_final, size, header + title_height, label_width)
+    label_width = max(text_size(text, face)[0] for text in labels) + 10
+    title_height = (text_size(title, face)[1] + 6) if title else 0
+    grid = Grid(len(rows), len(steps) + show_final, size, header=header + title_height, label=label_width, ink=INK)
     if title:
-        canvas.draw.text((4, 2), title, fill=INK, font=font)
+        grid.draw.text((4, 2), title, fill=INK, font=face)
     for column, caption in enumerate(captions):
-        canvas.column_title(column, caption, font, top=title_height + 2)
+        grid.column_title(column, caption, face, top=title_height + 2)
     if show_final:
-        canvas.draw.text((canvas.origin(0, len(steps))[0], title_height + 2), "final", fill=INK, font=font)
+        grid.draw.text((grid.origin(0, len(steps))[0], title_height + 2), "final", fill=INK, font=face)
     for row, index in enumerate(rows):
-        canvas.row_title(row, labels[row], font)
+        grid.row_title(row, labels[row], face)
         for column, step in enumerate(steps):
-            canvas.paste(row, column, to_pil(decoded.x0[step, index]))
+            grid.paste(row, column, decoded.x0[step, index])
         if show_final:
-            canvas.paste(row, len(steps), to_pil(decoded.final[index]))
+            grid.paste(row, len(steps), decoded.final[index])
     if path is not None:
-        save_image(canvas.image, path)
-    return canvas.image
+        save_image(grid.image, path)
+    return grid.image
 
 
 def side_by_side(
@@ -194,28 +135,27 @@ def side_by_side(
             raise ValueError(f"The {label!r} trajectory was decoded without x_t; decode it with x_t=True.")
     first = modes[0][1]
     size = cell_size(first.x0.shape[-2], first.x0.shape[-1], cell)
-    font = _font(max(10, min(13, size[0] // 9)))
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    face = font(max(10, min(13, size[0] // 9)))
     picks = {label: pick_columns(run.num_steps, max_columns) for label, run in modes}
     columns = max(len(p) for p in picks.values())
     row_labels = [f"{label}\n{kind}" for label, _ in modes for kind in ("x_t", "x0-hat")]
-    label_width = max(_text_size(probe, text, font)[0] for text in row_labels) + 10
-    caption_height = _text_size(probe, "t=999 base", font)[1] + 4
-    header = (_text_size(probe, title, font)[1] + 8) if title else 4
-    canvas = _Canvas(2 * len(modes), columns, size, header, label_width, caption=caption_height)
+    label_width = max(text_size(text, face)[0] for text in row_labels) + 10
+    caption_height = text_size("t=999 base", face)[1] + 4
+    header = (text_size(title, face)[1] + 8) if title else 4
+    grid = Grid(2 * len(modes), columns, size, header=header, label=label_width, caption=caption_height, ink=INK)
     if title:
-        canvas.draw.text((4, 2), title, fill=INK, font=font)
+        grid.draw.text((4, 2), title, fill=INK, font=face)
     for m, (label, run) in enumerate(modes):
-        canvas.row_title(2 * m, row_labels[2 * m], font)
-        canvas.row_title(2 * m + 1, row_labels[2 * m + 1], font)
+        grid.row_title(2 * m, row_labels[2 * m], face)
+        grid.row_title(2 * m + 1, row_labels[2 * m + 1], face)
         for column, step in enumerate(picks[label]):
             record = run.trajectory.steps[step]
             caption = f"t={record.timestep:g} {record.model}"
-            canvas.paste(2 * m, column, to_pil(run.x_t[step, image]), caption, font)
-            canvas.paste(2 * m + 1, column, to_pil(run.x0[step, image]), caption, font)
+            grid.paste(2 * m, column, run.x_t[step, image], caption, face)
+            grid.paste(2 * m + 1, column, run.x0[step, image], caption, face)
     if path is not None:
-        save_image(canvas.image, path)
-    return canvas.image
+        save_image(grid.image, path)
+    return grid.image
 
 
 def animation(
@@ -230,7 +170,7 @@ def animation(
     (default: all) and is headed with the step, timestep and model. The last frame is held three times longer."""
     indices = list(range(decoded.batch_size)) if images is None else list(images)
     size = cell_size(decoded.x0.shape[-2], decoded.x0.shape[-1], cell)
-    font = _font(max(10, min(14, size[0] // 8)))
+    face = font(max(10, min(14, size[0] // 8)))
     columns = min(columns or len(indices), len(indices))
     rows = math.ceil(len(indices) / columns)
     header = 20
@@ -240,11 +180,11 @@ def animation(
         frame = Image.new("RGB", (columns * (size[0] + 2) + 2, header + rows * (size[1] + 2) + 2), BACKGROUND)
         draw = ImageDraw.Draw(frame)
         text = f"{decoded.label}  x0-hat  step {step + 1}/{decoded.num_steps}  t={record.timestep:g}  {record.model}"
-        draw.text((4, 3), text, fill=INK, font=font)
+        draw.text((4, 3), text, fill=INK, font=face)
         for k, index in enumerate(indices):
             row, column = divmod(k, columns)
             origin = (2 + column * (size[0] + 2), header + 2 + row * (size[1] + 2))
-            frame.paste(_fit(to_pil(decoded.x0[step, index]), size), origin)
+            frame.paste(fit(to_pil(decoded.x0[step, index]), size), origin)
         frames.append(frame)
     if path is not None:
         durations = [duration_ms] * (len(frames) - 1) + [3 * duration_ms]
