@@ -191,7 +191,7 @@ def test_eval_images_mode_and_the_page_in_a_browser(tmp_path: Path, built: list)
         (["--metrics", "diversity-nosuch"], "Unknown metric backend 'nosuch'"),
         (["--metrics", "sharpness"], "Unknown metric 'sharpness'"),
         (["--metrics", "fid-pixel"], "--reference"),
-        (["--modes", "hybrid:x"], "Cannot parse mode"),
+        (["--modes", "hybrid:x"], "Cannot parse variant"),
         (["--modes", "distilled@cfg2"], "does not apply to distilled"),
         (["--backend", "cnn"], "NAME=MODULE:ATTR"),
     ],

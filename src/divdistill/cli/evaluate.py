@@ -9,10 +9,11 @@ Examples
     divdistill eval --images DIR_A DIR_B --out DIR            (folders made by generate, or anywhere else)
     accelerate launch --num_processes 8 -m divdistill.cli.main eval ...   (generation and embedding sharded)
 
-Modes (see divdistill.evaluation.modes): base, base@steps25, distilled, distilled@skip1, hybrid, hybrid:2,
-hybrid:1@cfg0, hybrid:1@own, reverse:1. Each mode's images are a `divdistill generate` job into OUT/<mode folder>
-(e.g. OUT/hybrid-1_cfg0/<job>/000_seed0.png), resumable and shardable like generate itself; one pipeline is
-loaded for all modes.
+Modes: variants in the grammar of `generate --variant` and `trace --modes` (divdistill.variant): base,
+base@steps25, distilled, distilled@skip1, hybrid, hybrid:2, hybrid:1@cfg0, hybrid:1@own, reverse:1,
+base:1@cfg2+distilled:3. Each variant's images are a `divdistill.jobs.run` job set (what generate runs) into
+OUT/<variant folder> (e.g. OUT/hybrid-1_cfg0/<job>/000_seed0.png), resumable and shardable like generate itself;
+one pipeline is loaded for all variants (see `divdistill.evaluation.evaluate_variants`).
 
 Metrics (NAME or NAME-BACKEND; default: diversity,vendi, plus fid,kid when --reference is given):
 diversity, vendi, clip-score, is, fid, kid, precision, recall, density, coverage; backends pixel (the fallback:
@@ -47,14 +48,17 @@ from divdistill.cli.common import (
     add_device_arguments,
     add_model_arguments,
     add_sampling_arguments,
+    check_model_arguments,
     check_output_folder,
     check_pair_arguments,
+    check_timesteps,
     non_negative_int,
     positive_int,
     seed_number,
 )
 from divdistill.images import atomic_write
-from divdistill.jobs import check_seed_range
+from divdistill.jobs import GenerationSettings, check_seed_range
+from divdistill.variant import Variant, parse_variants
 
 
 def _level(text: str) -> float:
@@ -141,6 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.no_generate:
         return
     check_pair_arguments(args, hint=" (or --images DIR ...)")
+    check_model_arguments(args, known_preset=True)
+    check_timesteps(args)
     try:  # every mode's images get seeds seed .. seed + seeds_per_prompt - 1 (a CSV's rows: their own seed)
         check_seed_range(args.seed, args.seeds_per_prompt, f"--seed {args.seed} with --seeds-per-prompt")
     except ValueError as error:
@@ -186,46 +192,6 @@ def _log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- generation
-def generate_argv(args: argparse.Namespace, mode: Any, prompts: Path, out: Path) -> list[str]:
-    """The `divdistill generate` command line of one mode (so its jobs are generate's own, resumable ones)."""
-    argv = ["generate"]
-    if args.preset:
-        argv += ["--preset", args.preset]
-    else:
-        argv += ["--base", args.base, "--distilled", args.distilled]
-        if args.distilled_unet:
-            argv += ["--distilled-unet", args.distilled_unet]
-        if args.scheduler:
-            argv += ["--scheduler", args.scheduler]
-    if args.cache_dir:
-        argv += ["--cache-dir", args.cache_dir]
-    argv += ["--prompts", str(prompts), "-n", str(args.seeds_per_prompt), "--seed", str(args.seed)]
-    options = {
-        "--steps": args.steps,
-        "--timesteps": ",".join(map(str, args.timesteps)) if args.timesteps else None,
-        "--guidance-scale": args.guidance_scale,
-        "--guidance-rescale": args.guidance_rescale,
-        "--base-guidance-scale": args.base_guidance_scale if mode.base_guidance_scale is None else None,
-        "--negative-prompt": args.negative_prompt,
-        "--height": args.height,
-        "--width": args.width,
-        "--device": args.device,
-        "--threads": args.threads,
-    }
-    for flag, value in options.items():
-        if value is not None:
-            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    argv += mode.generate_args()
-    argv += ["--dtype", args.dtype, "--batch-size", str(args.batch_size), "--out", str(out)]
-    if args.overwrite:
-        argv.append("--overwrite")
-    if args.offload:
-        argv.append("--offload")
-    if args.resolution_binning:
-        argv.append("--resolution-binning")
-    return argv
-
-
 def prompts_file(args: argparse.Namespace, out: Path) -> Path:
     """--prompts, or the --prompt texts written to OUT/prompts.csv."""
     if args.prompts is not None:
@@ -240,47 +206,40 @@ def prompts_file(args: argparse.Namespace, out: Path) -> Path:
     return path
 
 
-def generate_modes(args: argparse.Namespace, modes: list[Any], out: Path) -> float:
-    """Run generate's jobs for every mode with one shared pipeline; return the seconds spent."""
-    from divdistill.cli import generate
-    from divdistill.cli.main import build_parser
+def generation_settings(args: argparse.Namespace, dtype_name: str) -> GenerationSettings:
+    """The settings every variant shares (each replaces the sampling variant; see `divdistill.evaluation.variants`)."""
+    from divdistill.cli.common import model_settings
+    from divdistill.jobs import SamplingSettings
 
-    prompts = prompts_file(args, out)
-    parser = build_parser()
-    shared: dict[str, Any] = {}
-
-    def build(gen_args: argparse.Namespace, device: Any, dtype: Any) -> Any:
-        if "pipe" not in shared:
-            shared["pipe"] = generate.build_pipeline(gen_args, device, dtype)
-        return shared["pipe"]
-
-    started = time.perf_counter()
-    for mode in modes:
-        argv = generate_argv(args, mode, prompts, out / mode.folder)
-        _log(f"mode {mode.text}: divdistill {' '.join(argv)}")
-        try:
-            gen_args = parser.parse_args(argv)
-        except SystemExit:
-            raise CLIError(f"mode {mode.text}: bad generate arguments") from None
-        generate.run_generate(gen_args, build=build)
-    return time.perf_counter() - started
+    sampling = SamplingSettings(
+        num_inference_steps=args.steps,
+        timesteps=None if args.timesteps is None else tuple(args.timesteps),
+        guidance_scale=args.guidance_scale,
+        base_guidance_scale=args.base_guidance_scale,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        guidance_rescale=args.guidance_rescale,
+        resolution_binning=args.resolution_binning,
+    )
+    return GenerationSettings(model=model_settings(args), dtype=dtype_name, num_images=args.seeds_per_prompt,
+                              seed=args.seed, sampling=sampling)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- command
 def run_eval(args: argparse.Namespace) -> int:
-    from divdistill.cli.generate import process_state, resolve_device
-    from divdistill.evaluation.modes import parse_modes
+    from divdistill.devices import process_state, resolve_device
     from divdistill.evaluation.runner import DEFAULT_METRICS, Evaluator, parse_metrics
     from divdistill.metrics.embedders import BackendUnavailable
 
     check_args(args)
     out = Path(args.out)
-    modes = []
+    variants: list[Variant] = []
     if not args.images:
         try:
-            modes = parse_modes(args.modes)
+            variants = parse_variants(args.modes)
         except ValueError as error:
-            raise CLIError(str(error)) from None
+            raise CLIError(f"--modes: {error}") from None
     metric_text = args.metrics or ",".join(DEFAULT_METRICS) + (",fid,kid" if args.reference else "")
     try:
         specs = parse_metrics(metric_text)
@@ -299,7 +258,7 @@ def run_eval(args: argparse.Namespace) -> int:
         options["clip"] = {"model": model, **({"pretrained": pretrained} if pretrained else {})}
 
     state = process_state(args.device)
-    device = resolve_device(args.device, state)
+    device = resolve_device(args.device, state=state)
     evaluator = Evaluator(
         specs,
         backends=parse_backends(args.backend, device),
@@ -322,45 +281,40 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CLIError("--no-cache cannot be used with several processes (they share embeddings through the cache)")
     from divdistill.outlock import acquire_for_launch
 
-    # One writer per --out (the processes of one launch count as one); each mode's folder gets generate's own.
+    # One writer per --out (the processes of one launch count as one); each variant's folder gets its own.
     with acquire_for_launch(out, None, state, error=CLIError, what="--out"):
-        return _evaluate_locked(args, out, modes, evaluator)
+        return _evaluate_locked(args, out, variants, evaluator, state, device)
 
 
-def _evaluate_locked(args: argparse.Namespace, out: Path, modes: list[Any], evaluator: Any) -> int:
+def _evaluate_locked(
+    args: argparse.Namespace, out: Path, variants: list[Variant], evaluator: Any, state: Any, device: Any
+) -> int:
     """run_eval once --out is this run's: generate what is missing, embed, measure, report."""
     from divdistill.evaluation.imagesets import scan_image_set
     from divdistill.evaluation.report import summary_table, write_json, write_reports
+    from divdistill.evaluation.variants import evaluate_variants
     from divdistill.metrics.embedders import BackendUnavailable
 
-    timings: dict[str, float] = {}
-    if args.images:
-        names = args.names.split(",") if args.names else _folder_names(args.images)
-        folders = list(zip(names, args.images))
-        specs_by_name: dict[str, str | None] = {}
-    else:
-        if not args.no_generate:
-            timings["generate_s"] = generate_modes(args, modes, out)
-        folders = [(mode.text, str(out / mode.folder)) for mode in modes]
-        specs_by_name = {mode.text: mode.text for mode in modes}
     try:
-        sets = []
-        for name, folder in folders:
-            image_set = scan_image_set(folder, name=name, spec=specs_by_name.get(name))
-            sets.append(image_set)
         reference = scan_image_set(args.reference, name="reference") if args.reference else None
+        if args.images:
+            names = args.names.split(",") if args.names else _folder_names(args.images)
+            sets = [scan_image_set(folder, name=name) for name, folder in zip(names, args.images)]
+            result = evaluator.evaluate(sets, reference)
+            generate_s = None
+        else:
+            done = _evaluate_variants(args, out, variants, evaluator, reference, state, device, evaluate_variants)
+            result, generate_s = done.result, done.generate_s
     except FileNotFoundError as error:
         raise CLIError(str(error)) from None
-
-    try:
-        result = evaluator.evaluate(sets, reference)
     except BackendUnavailable as error:
         raise CLIError(str(error)) from None
     if result is None:  # not the main process
         return 0
-    result.timings.update(timings)
+    if generate_s is not None:
+        result.timings["generate_s"] = generate_s
     started = time.perf_counter()
-    extra = {"command": {"modes": [m.text for m in modes], "images": args.images, "prompts": args.prompts,
+    extra = {"command": {"modes": [v.text for v in variants], "images": args.images, "prompts": args.prompts,
                          "seeds_per_prompt": None if args.images else args.seeds_per_prompt}}  # fmt: skip
     files = write_reports(result, out, title=args.title, html_prompts=args.html_prompts, extra=extra)
     result.timings["report_s"] = time.perf_counter() - started
@@ -373,6 +327,41 @@ def _evaluate_locked(args: argparse.Namespace, out: Path, modes: list[Any], eval
         print(f"note: {note}")
     print(f"{files['markdown']}, {files['csv']}, {files['json']}, {files['html']}")
     return 0
+
+
+def _evaluate_variants(
+    args: argparse.Namespace,
+    out: Path,
+    variants: list[Variant],
+    evaluator: Any,
+    reference: Any,
+    state: Any,
+    device: Any,
+    evaluate_variants: Any,
+) -> Any:
+    """`divdistill.evaluation.evaluate_variants` with the arguments' jobs, settings and pair (loaded once, when
+    a variant has images to make); prints each variant's manifest line as generate does."""
+    from divdistill.cli.common import resolve_dtype
+    from divdistill.jobs import JobError, LazyPipeline, RunOptions, read_prompts_csv
+
+    prompts = prompts_file(args, out)
+    try:
+        jobs = read_prompts_csv(prompts)
+    except JobError as error:
+        raise CLIError(str(error)) from None
+    dtype_name, dtype = resolve_dtype(args.dtype, device, preset=args.preset)
+    options = RunOptions(batch_size=args.batch_size, overwrite=args.overwrite, prompts_file=str(prompts))
+    pipe = LazyPipeline(lambda: args.load_pipeline(args, device, dtype))
+    done = evaluate_variants(
+        pipe, jobs, variants, out, generation_settings(args, dtype_name), evaluator, options, reference=reference,
+        generate=not args.no_generate, device=device, state=state, log=_log,
+    )  # fmt: skip
+    for run in done.runs:
+        manifest = run.jobs.manifest if run.jobs is not None else None
+        if manifest is not None:
+            status = "complete" if manifest.complete else f"{len(manifest.missing)} jobs missing"
+            print(f"{manifest.path}: {manifest.num_jobs} jobs, {manifest.num_images} images ({status})")
+    return done
 
 
 def _folder_names(folders: list[str]) -> list[str]:

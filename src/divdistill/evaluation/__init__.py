@@ -6,7 +6,8 @@
     result = Evaluator("diversity,vendi").evaluate(sets)          # pixel fallback when nothing else is installed
     write_reports(result, "report/")                             # metrics.csv/.json/.md, plots/, index.html
 
-`divdistill eval` (divdistill.cli.evaluate) adds generation of the missing images per mode.
+`evaluate_variants(pipe, jobs, variants, out, settings, evaluator)` (divdistill.evaluation.variants) adds the
+generation of each variant's missing images (`divdistill.jobs.run`); it is what `divdistill eval` calls.
 """
 
 from divdistill.evaluation.imagesets import ImageGroup, ImageSet, scan_image_set
@@ -23,6 +24,7 @@ from divdistill.evaluation.runner import (
     parse_metric,
     parse_metrics,
 )
+from divdistill.evaluation.variants import VariantRun, VariantsEvaluation, evaluate_variants, generate_variants
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -34,7 +36,11 @@ __all__ = [
     "Metric",
     "MetricSpec",
     "ModeSpec",
+    "VariantRun",
+    "VariantsEvaluation",
     "evaluate",
+    "evaluate_variants",
+    "generate_variants",
     "parse_metric",
     "parse_metrics",
     "parse_mode",

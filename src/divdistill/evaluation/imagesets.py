@@ -14,11 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from divdistill.jobs.layout import CONTACT_SHEET, MANIFEST, SIDECAR
 from divdistill.metrics.cache import IMAGE_SUFFIXES
-
-SIDECAR = "run.json"  # as divdistill.jobs.SIDECAR
-MANIFEST = "manifest.json"  # as divdistill.cli.generate.MANIFEST
-CONTACT_SHEET = "contact_sheet.png"
 
 
 @dataclass
