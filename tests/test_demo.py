@@ -46,7 +46,7 @@ def test_quick_demo_writes_every_file_and_the_page_loads(tmp_path, capsys) -> No
             assert row[metric]["low"] <= row[metric]["mean"] <= row[metric]["high"], (name, metric)
         assert 0 <= row["adherence"]["mean"] <= 1
     assert table["base"]["nfe"] == 100 and table["distilled"]["nfe"] == 4
-    assert table["hybrid-1"]["nfe"] == 5 and table["hybrid-2"]["nfe"] == 6 and table["reverse-1"]["nfe"] == 5
+    assert table["hybrid:1"]["nfe"] == 5 and table["hybrid:2"]["nfe"] == 6 and table["reverse:1"]["nfe"] == 5
     assert table["base"]["attr_vs_base"] == pytest.approx(1.0)
     assert len(result["targets"]) == 10
     for name in ("real", *MODES):
