@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from divdistill.images import atomic_write, write_json_atomic
 from divdistill.sampling import StepCallback, StepInfo, StepRecord
 
 FORMAT_VERSION = 1
@@ -176,8 +177,6 @@ class Trajectory:
         The JSON is written last, so a folder with a readable `trajectory.json` holds a complete trajectory.
         """
         from safetensors.torch import save
-
-        from divdistill.images import atomic_write, write_json_atomic
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

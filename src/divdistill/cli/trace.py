@@ -21,17 +21,13 @@ Output layout
     OUT/prompts/<id>/x0-<mode>.gif      x0-hat over the steps, all seeds side by side
     OUT/prompts/<id>/latents/<mode>/    the recorded trajectory (safetensors + JSON; --no-latents skips it)
     OUT/prompts/<id>/prompt.json        per-mode distances of this prompt (written last: the prompt is done)
+    (<mode>: the variant's folder name, ':' -> '-' and '@' -> '_': hybrid-2, base_steps25)
 
-<mode> in file names is the variant's folder name: ':' -> '-', '@' -> '_' (hybrid-2, base_steps25).
-
-Resume: every file is written atomically and each prompt's prompt.json last. Rerunning skips prompts whose
-prompt.json matches the request; saved latents of the same sampling settings are reused, so changing only
---metric, --threshold or the decoder redoes the analysis without sampling again. A folder traced with other
-sampling settings (pair, dtype, steps, guidance, sizes; recorded in OUT/.divdistill-trace.json from the start),
-prompts or seeds, or a folder of other files, is refused unless --overwrite (which traces everything again).
-While a trace writes OUT it holds OUT/.divdistill.lock (divdistill.outlock): a second run into OUT is refused.
-
-The command is a shell over `divdistill.trajectory.trace` (the same run from Python).
+Resume: files are written atomically, each prompt's prompt.json last; a rerun skips finished prompts and reuses
+saved latents of the same sampling settings (changing only --metric, --threshold or the decoder samples
+nothing). A folder of other sampling settings (OUT/.divdistill-trace.json), prompts or seeds, or of other files,
+is refused unless --overwrite; OUT/.divdistill.lock refuses a second run into OUT. From Python, the same run is
+`divdistill.trajectory.trace`.
 """
 
 from __future__ import annotations
@@ -50,7 +46,13 @@ from divdistill.cli.common import (
     check_timesteps,
     model_request,
     positive_int,
+    resolve_dtype,
 )
+from divdistill.devices import resolve_device
+from divdistill.jobs import read_prompts_csv
+from divdistill.outlock import OutputLocked
+from divdistill.trajectory import seeds
+from divdistill.variant import Variant, parse_variants
 
 DEFAULT_MODES = "base,distilled,hybrid"
 
@@ -58,18 +60,14 @@ DEFAULT_MODES = "base,distilled,hybrid"
 # ----------------------------------------------------------------------------------------------- parsing
 def parse_seeds(text: str) -> list[int]:
     """--seeds: '0-7' -> [0..7]; '0,3,5-6' -> [0, 3, 5, 6] (`divdistill.trajectory.seeds.parse_seeds`)."""
-    from divdistill.trajectory.seeds import parse_seeds as parse
-
     try:
-        return parse(text)
+        return seeds.parse_seeds(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def parse_modes(text: str) -> list[Any]:
+def parse_modes(text: str) -> list[Variant]:
     """--modes: comma-separated variants (`divdistill.variant.parse_variants`)."""
-    from divdistill.variant import parse_variants
-
     try:
         return parse_variants(text)
     except ValueError as error:
@@ -158,11 +156,7 @@ def check_args(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------- command
 def run_trace(args: argparse.Namespace) -> int:
     """Parse -> `divdistill.trajectory.trace` (loading the pair only once something must be sampled) -> print."""
-    from divdistill.cli.common import resolve_dtype
-    from divdistill.devices import resolve_device
-    from divdistill.jobs import read_prompts_csv
-    from divdistill.metrics import get_distance
-    from divdistill.outlock import OutputLocked
+    from divdistill.metrics import get_distance  # torch: only when the command runs
     from divdistill.trajectory import DeferredPipeline, PreviewDecoder, TraceSampling, trace
 
     check_args(args)
@@ -174,32 +168,16 @@ def run_trace(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise CLIError(str(error)) from None
     sampling = TraceSampling(**{name: getattr(args, name) for name in TraceSampling.__dataclass_fields__})
-    decoder = None
-    if args.preview_decoder:
-        decoder = PreviewDecoder(args.preview_decoder, device, dtype, args.cache_dir)
+    decoder = PreviewDecoder(args.preview_decoder, device, dtype, args.cache_dir) if args.preview_decoder else None
+    analysis = {"metric": distance, "threshold": args.threshold, "absolute_threshold": args.absolute_threshold,
+                "decoder": decoder, "decode_batch_size": args.decode_batch_size, "max_columns": args.max_columns,
+                "max_index_prompts": args.max_index_prompts}  # fmt: skip
+    run = {"batch_size": args.batch_size, "save_latents": not args.no_latents, "overwrite": args.overwrite,
+           "device": device, "model": model_request(args), "dtype": dtype_name,
+           "model_name": args.preset or f"{args.base} + {args.distilled}"}  # fmt: skip
+    pipe = DeferredPipeline(lambda: args.load_pipeline(args, device, dtype))  # loaded only to sample
     try:
-        result = trace(
-            DeferredPipeline(lambda: args.load_pipeline(args, device, dtype)),
-            prompts,
-            args.seeds,
-            args.modes,
-            args.out,
-            sampling=sampling,
-            metric=distance,
-            threshold=args.threshold,
-            absolute_threshold=args.absolute_threshold,
-            decoder=decoder,
-            decode_batch_size=args.decode_batch_size,
-            max_columns=args.max_columns,
-            batch_size=args.batch_size,
-            save_latents=not args.no_latents,
-            overwrite=args.overwrite,
-            max_index_prompts=args.max_index_prompts,
-            device=device,
-            model=model_request(args),
-            dtype=dtype_name,
-            model_name=args.preset or f"{args.base} + {args.distilled}",
-        )
+        result = trace(pipe, prompts, args.seeds, args.modes, args.out, sampling=sampling, **analysis, **run)
     except OutputLocked as error:
         raise CLIError(str(error)) from None
     for line in result.report_lines():

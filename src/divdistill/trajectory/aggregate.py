@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from divdistill.trajectory.curves import Curve, SwitchPoint, per_prompt_switch_points, suggest_switch_point
+from divdistill.trajectory.render import plot_curves
+from divdistill.trajectory.report import write_curves_csv, write_curves_json
 
 if TYPE_CHECKING:
     from divdistill.trajectory.records import PromptRecord
@@ -95,9 +97,6 @@ def write_summary(
     summary: TraceSummary, records: Sequence[PromptRecord], metric: dict[str, Any], out: Path
 ) -> list[Path]:
     """commitment.png, diversity.png, curves.csv and curves.json; returns their paths."""
-    from divdistill.trajectory.render import plot_curves
-    from divdistill.trajectory.report import write_curves_csv, write_curves_json
-
     plot_curves(summary.commitment, out / "commitment.png", switch_point=summary.switch_point)
     plot_curves(summary.diversity, out / "diversity.png")
     write_curves_csv(summary.curves, out / "curves.csv")

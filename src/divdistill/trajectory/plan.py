@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from divdistill.jobs import Job, check_seed_range
+from divdistill.pipeline import fresh_scheduler
 from divdistill.trajectory.seeds import check_seeds, parse_seeds
 
 if TYPE_CHECKING:
@@ -107,8 +108,6 @@ def prompt_jobs(prompts: str | Sequence[str] | Sequence[Job], seeds: str | Seque
 
 def distilled_timesteps(pipe: Any, sampling: TraceSampling) -> list[float]:
     """The distilled schedule's timesteps under these settings (what `hybrid:K` splits)."""
-    from divdistill.pipeline import fresh_scheduler
-
     settings = pipe.defaults.updated(num_inference_steps=sampling.steps)
     timesteps = list(sampling.timesteps) if sampling.timesteps is not None else None
     if timesteps is None and settings.timesteps and len(settings.timesteps) == settings.num_inference_steps:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from divdistill.fingerprint import describe_differences, fingerprint
+from divdistill.images import write_json_atomic
 from divdistill.sampling import StepRecord
 from divdistill.trajectory.plan import PromptJob
 
@@ -105,9 +107,6 @@ def check_folder(out: Path, jobs: list[PromptJob], request: dict[str, Any], over
     with other sampling settings, or whose prompts had other texts or seeds (the message says what differs);
     `overwrite` retraces instead. Then records this run's settings in OUT/.divdistill-trace.json (kept from the
     first trajectory on, so an interrupted trace is checked too)."""
-    from divdistill.fingerprint import describe_differences, fingerprint
-    from divdistill.images import write_json_atomic
-
     current = images_settings(request)
     if not overwrite:
         entries = [p.name for p in sorted(out.iterdir()) if not p.name.startswith(".")] if out.is_dir() else []
