@@ -6,15 +6,15 @@
 
 Every mode samples the same prompts with the same seeds (seed s gives image s of every mode the same initial
 noise). Modes: base (its own 50-step DDIM, CFG 4), distilled (4 LCM steps), hybrid k=1 and k=2 (the base on the
-distilled schedule for the first k steps; the paper's 1-1 replacement; "hybrid-1@cfg2" runs that base step at CFG
-2 instead of 4), own-k (the base on its own 50-step schedule
-down to the distilled schedule's k-th timestep, then the distilled model), and the causal control "reverse"
-(the base replaces the *final* step).
+distilled schedule for the first k steps; the paper's 1-1 replacement; "base:1@cfg2+distilled:3" runs that base step
+at CFG 2 instead of 4), "base:k@own+distilled:(4-k)" (the base on its own 50-step schedule down to the distilled
+schedule's k-th timestep, then the distilled model), and the causal control "reverse:1" (the base replaces the
+*final* step). Mode names are variants of the shared grammar (`divdistill.variant`).
 
-Diversity per prompt is the mean pairwise distance among its images, in three spaces: the evaluator's
-standardised read-out of the free attributes (size, x, y, background; "attr"), 1 - cosine of its features
-("feat"), and pixel RMS ("pixel"). Intervals are 95% over prompts (mean +- 1.96 sd / sqrt(P)). "real" is the
-world's own conditional distribution for each prompt.
+Diversity per prompt is the mean pairwise distance among its images, in the three spaces of
+`divdistill.pocket.spaces` (the demo's): L2 of the evaluator's standardised read-out of the free attributes (size,
+x, y, background; "attr"), 1 - cosine of its features ("feat"), and pixel RMS ("pixel"). Intervals are 95% over
+prompts (mean +- 1.96 sd / sqrt(P)). "real" is the world's own conditional distribution for each prompt.
 
 Failure modes, from pixels and not from the evaluator (`divdistill.pocket.pixels`): the share of empty,
 fragmented and smeared images per mode ("failed": any of them), and the evaluator's shape accuracy (the shape
@@ -33,33 +33,24 @@ from pathlib import Path
 
 import torch
 
+from divdistill.metrics.diversity import mean_pairwise_distance
 from divdistill.pocket import POCKET_DEFAULTS, PROMPTS, pocket_pipeline
 from divdistill.pocket.evaluator import load_evaluator
 from divdistill.pocket.pixels import failure_rates, layout_distance
+from divdistill.pocket.spaces import SPACES
 from divdistill.pocket.world import SHAPES, parse_caption, sample_world
+from divdistill.variant import parse_variants
 
+#: Variants of the shared grammar (`divdistill.variant`); their text keys the table. The segment lists are the
+#: paper's ablations written out (the base step at a milder CFG; the base on its own grid for k steps).
 MODES = {
-    "base": {"mode": "base"},
-    "distilled": {"mode": "distilled"},
-    "hybrid-1": {"mode": "hybrid", "base_steps": 1, "base_schedule": "shared"},
-    "hybrid-2": {"mode": "hybrid", "base_steps": 2, "base_schedule": "shared"},
-    "hybrid-1@cfg2": {"segments": "base:1@cfg2,distilled:3"},  # the base step at a milder CFG (the paper's ablation)
-    "own-1": {"segments": "base:1@own,distilled:3"},
-    "own-2": {"segments": "base:2@own,distilled:2"},
-    "reverse-1": {"mode": "reverse", "base_steps": 1},
+    variant.text: variant
+    for variant in parse_variants(
+        "base,distilled,hybrid:1,hybrid:2,base:1@cfg2+distilled:3,base:1@own+distilled:3,base:2@own+distilled:2,"
+        "reverse:1"
+    )
 }
-
-
-def mean_pairwise(x: torch.Tensor, kind: str) -> float:
-    if kind == "cos":
-        f = torch.nn.functional.normalize(x.flatten(1).double(), dim=1)
-        d = (1 - f @ f.T).clamp_min(0)
-    else:
-        d = torch.cdist(x.flatten(1).double()[None], x.flatten(1).double()[None])[0]
-        if kind == "rms":
-            d = d / math.sqrt(x[0].numel())
-    n = x.shape[0]
-    return float(d.sum() / (n * (n - 1)))
+HYBRID_1, OWN_1, REVERSE_1 = "hybrid:1", "base:1@own+distilled:3", "reverse:1"
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -76,9 +67,10 @@ QUANTITIES = ("attr", "feat", "pixel", "adherence", "shape_accuracy", "failed", 
 def measure(images: torch.Tensor, prompt: str, evaluator) -> dict[str, float]:
     shape = SHAPES.index(parse_caption(prompt).shape)
     return {
-        "attr": mean_pairwise(evaluator.attribute_vector(images), "l2"),
-        "feat": mean_pairwise(evaluator.features(images), "cos"),
-        "pixel": mean_pairwise(images, "rms"),
+        **{
+            name: mean_pairwise_distance(space.vector(images, evaluator), space.distance)
+            for name, space in SPACES.items()
+        },
         "adherence": float(evaluator.adherence(images, [prompt] * len(images)).mean()),
         "shape_accuracy": float((evaluator.read(images).shape == shape).float().mean()),
         **failure_rates(images),
@@ -103,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
             real[key].append(value)
     per_mode["real"] = real
 
-    for name, kwargs in MODES.items():
+    for name, variant in MODES.items():
         values: dict[str, list[float]] = {k: [] for k in QUANTITIES}
         seconds, nfe = 0.0, 0
         for prompt in prompts:
@@ -120,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
                 generator=generators,
                 output_type="pt",
                 callback=record if name in ("base", "distilled") else None,
-                **kwargs,
+                **variant.pipeline_kwargs(),
             )
             seconds += time.perf_counter() - began
             nfe = out.nfe
@@ -157,17 +149,17 @@ def run(args: argparse.Namespace) -> dict:
     worst_failed = max(mean(mode, "failed") for mode in MODES)
     targets = {
         "distilled <= 0.85 base": (ratio("distilled"), ratio("distilled") <= 0.85),
-        "hybrid-1 >= 0.95 base at NFE <= distilled + 1": (
-            ratio("hybrid-1"),
-            ratio("hybrid-1") >= 0.95 and table["hybrid-1"]["nfe"] <= table["distilled"]["nfe"] + 1,
+        f"{HYBRID_1} >= 0.95 base at NFE <= distilled + 1": (
+            ratio(HYBRID_1),
+            ratio(HYBRID_1) >= 0.95 and table[HYBRID_1]["nfe"] <= table["distilled"]["nfe"] + 1,
         ),
-        "reverse-1 does not restore (< 0.95 base)": (ratio("reverse-1"), ratio("reverse-1") < 0.95),
-        "own-1 >= 0.95 base": (ratio("own-1"), ratio("own-1") >= 0.95),
+        f"{REVERSE_1} does not restore (< 0.95 base)": (ratio(REVERSE_1), ratio(REVERSE_1) < 0.95),
+        f"{OWN_1} >= 0.95 base": (ratio(OWN_1), ratio(OWN_1) >= 0.95),
         "base adherence >= 0.85": (mean("base", "adherence"), mean("base", "adherence") >= 0.85),
         "base shape accuracy >= 0.9": (mean("base", "shape_accuracy"), mean("base", "shape_accuracy") >= 0.9),
-        "hybrid-1 adherence >= base - 0.05": (
-            mean("hybrid-1", "adherence") - mean("base", "adherence"),
-            mean("hybrid-1", "adherence") >= mean("base", "adherence") - 0.05,
+        f"{HYBRID_1} adherence >= base - 0.05": (
+            mean(HYBRID_1, "adherence") - mean("base", "adherence"),
+            mean(HYBRID_1, "adherence") >= mean("base", "adherence") - 0.05,
         ),
         "failed (empty/fragmented/smeared) <= 2% in every mode": (worst_failed, worst_failed <= 0.02),
         "commitment: distilled step 1 layout distance <= base's at 25%": (

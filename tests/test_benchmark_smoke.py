@@ -34,8 +34,9 @@ def test_pocket_benchmark_smoke(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     record = json.loads(out.read_text())
     table = record["table"]
-    assert {"real", "base", "distilled", "hybrid-1", "hybrid-1@cfg2", "own-1", "reverse-1"} <= set(table)
+    cfg2, own = "base:1@cfg2+distilled:3", "base:1@own+distilled:3"  # the variants of the former hybrid-1@cfg2, own-1
+    assert {"real", "base", "distilled", "hybrid:1", cfg2, own, "reverse:1"} <= set(table)
     assert table["real"]["failed"]["mean"] == 0.0 and table["real"]["shape_accuracy"]["mean"] == 1.0
-    assert table["hybrid-1"]["nfe"] == 5 and table["hybrid-1@cfg2"]["nfe"] == 5 and table["distilled"]["nfe"] == 4
+    assert table["hybrid:1"]["nfe"] == 5 and table[cfg2]["nfe"] == 5 and table["distilled"]["nfe"] == 4
     assert len(record["targets"]) == 9 and all(isinstance(t["pass"], bool) for t in record["targets"].values())
     assert set(record["commitment"]) == {"base", "distilled"}

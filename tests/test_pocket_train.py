@@ -117,3 +117,20 @@ def test_hybrid_pipeline_loads_trained_tiny_pair_and_samples(tiny_base, tmp_path
     assert first.images.shape == (2, 3, 16, 16)
     assert torch.equal(first.images, again.images)
     assert [s.model for s in first.steps] == ["base", "distilled", "distilled", "distilled"]
+
+
+def test_warmup_cosine_equals_diffusers_where_they_overlap():
+    """The trainers' schedule keeps its floor and its first-step warm-up (the shipped weights were trained with
+    it); with floor 0 it is diffusers' cosine schedule after the warm-up, and diffusers' of the next step during it."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from divdistill.pocket.training import warmup_cosine
+
+    total, warmup = 40, 6
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_cosine_schedule_with_warmup(optimizer, warmup, total).lr_lambdas[0]
+    for step in range(total + 1):
+        expected = theirs(step + 1) if step < warmup else theirs(step)
+        assert warmup_cosine(step, total, warmup, floor=0.0) == pytest.approx(expected, abs=1e-12), step
+    assert warmup_cosine(total, total, warmup, floor=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(total - 1, total, warmup, floor=1.0) == 1.0  # the DMD recipe: constant after warm-up

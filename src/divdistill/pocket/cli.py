@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from divdistill.pocket.train_all import PROFILES
-    from divdistill.pocket.training import resolve_device, set_threads
+    from divdistill.pocket.training import set_threads, training_device
 
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    device = training_device(args.device)
     profile = PROFILES[args.profile or ("gpu" if device.type == "cuda" else "cpu")]
     out = Path(args.out or Path("pocket-runs") / args.model)
     settings: dict[str, Any] = dict(profile[args.model])

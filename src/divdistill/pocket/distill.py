@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from divdistill.pocket.models import DISTILLED_TIMESTEPS, encode_captions, load_pipeline, read_config, save_pipeline
-from divdistill.pocket.training import Phase, StepRandom, resolve_device, run_phase, warmup_cosine
+from divdistill.pocket.training import Phase, StepRandom, run_phase, training_device, warmup_cosine
 from divdistill.pocket.world import sample_captions
 
 
@@ -73,7 +73,7 @@ class Distiller:
         self.base_dir = Path(base)
         self.out = Path(out)
         self.config = config or DistillConfig()
-        self.device = resolve_device(device)
+        self.device = training_device(device)
         self.out.mkdir(parents=True, exist_ok=True)
         self.pipe = load_pipeline(self.base_dir, self.device)
         self.model_config = read_config(self.base_dir)

@@ -31,7 +31,7 @@ from divdistill.pocket.distill import DistillConfig, Distiller
 from divdistill.pocket.models import PocketConfig, count_parameters
 from divdistill.pocket.train_base import BaseTrainConfig, BaseTrainer
 from divdistill.pocket.train_evaluator import EvaluatorTrainConfig, EvaluatorTrainer
-from divdistill.pocket.training import resolve_device, seconds_per_step, set_threads
+from divdistill.pocket.training import seconds_per_step, set_threads, training_device
 
 #: Step counts and batch sizes per profile. "gpu": about 4 minutes of training on one H200 (measured seconds per
 #: step: evaluator 0.019, VAE 0.040, base 0.076, distillation 0.131); "cpu": about 51 minutes on 2 shared cores
@@ -75,7 +75,7 @@ def train_all(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {name: {**PROFILES[profile][name], **(overrides or {}).get(name, {})} for name in PROFILES[profile]}
-    resolved = resolve_device(device)
+    resolved = training_device(device)
     summary: dict[str, Any] = {
         "profile": profile,
         "seed": seed,
@@ -166,7 +166,7 @@ def train_all(
 
 def benchmark(steps: int, profile: str = "gpu", device: str | None = "auto", quiet: bool = True) -> dict[str, float]:
     """Seconds per step of every phase at the profile's batch sizes (a few steps each; nothing is kept)."""
-    resolved = resolve_device(device)
+    resolved = training_device(device)
     settings = PROFILES[profile]
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="pocket-bench-") as tmp:
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    device = training_device(args.device)
     profile = args.profile or ("gpu" if device.type == "cuda" else "cpu")
     if args.benchmark:
         per_step = benchmark(args.benchmark, profile, device)

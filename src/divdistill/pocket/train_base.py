@@ -30,7 +30,7 @@ from divdistill.pocket.models import (
     encode_captions,
     save_pipeline,
 )
-from divdistill.pocket.training import EMA, Phase, StepRandom, resolve_device, run_phase, warmup_cosine
+from divdistill.pocket.training import EMA, Phase, StepRandom, run_phase, training_device, warmup_cosine
 from divdistill.pocket.world import Attributes, caption_for, sample_world
 
 
@@ -107,7 +107,7 @@ class BaseTrainer:
     def __init__(self, out: str | Path, config: BaseTrainConfig | None = None, device: str | None = "auto"):
         self.out = Path(out)
         self.config = config or BaseTrainConfig()
-        self.device = resolve_device(device)
+        self.device = training_device(device)
         self.out.mkdir(parents=True, exist_ok=True)
         c = self.config
         self.components = build_components(c.model, self.out / "tokenizer", seed=c.seed)

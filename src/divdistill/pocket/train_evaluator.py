@@ -22,7 +22,7 @@ from divdistill.pocket.evaluator import (
     PocketEvaluator,
     accuracy,
 )
-from divdistill.pocket.training import Phase, StepRandom, derive_seed, resolve_device, run_phase, warmup_cosine
+from divdistill.pocket.training import Phase, StepRandom, derive_seed, run_phase, training_device, warmup_cosine
 from divdistill.pocket.world import sample_world
 
 
@@ -57,7 +57,7 @@ class EvaluatorTrainer:
     def __init__(self, out: str | Path, config: EvaluatorTrainConfig | None = None, device: str | None = "auto"):
         self.out = Path(out)
         self.config = config or EvaluatorTrainConfig()
-        self.device = resolve_device(device)
+        self.device = training_device(device)
         self.out.mkdir(parents=True, exist_ok=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.config.seed, "evaluator-init") % (2**31))

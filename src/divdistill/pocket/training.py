@@ -54,9 +54,10 @@ class StepRandom:
         return int(self.numpy.integers(0, 2**62))
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' (or None) picks CUDA when present, else the CPU; a device this machine lacks is a
-    `divdistill.devices.DeviceUnavailableError`. CUDA runs with TF32 matmuls."""
+def training_device(device: str | torch.device | None) -> torch.device:
+    """The trainers' device: `divdistill.devices.resolve_device` (no MPS: 'auto' or None picks CUDA when
+    present, else the CPU; a device this machine lacks is a `DeviceUnavailableError`), and on CUDA the trainers'
+    speed settings (TF32 matmuls, cuDNN benchmark)."""
     from divdistill.devices import resolve_device as checked
 
     device = checked(device, mps=False)
@@ -87,7 +88,14 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to `floor`."""
+    """Learning-rate factor: linear warm-up, then cosine decay to `floor`.
+
+    Deliberately not diffusers' `get_cosine_schedule_with_warmup`, which every shipped weight would then differ
+    from: that one warms up from 0 (step s of the warm-up gets s / warmup, this one (s + 1) / warmup, so the first
+    step trains) and decays to 0, where the recipes decay to a floor (0.1, 0.02, or 1.0 = constant after the
+    warm-up). Where they overlap they are equal (tests/test_pocket_train.py): floor 0 after the warm-up, and
+    diffusers' factor of step s + 1 during it.
+    """
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
