@@ -28,7 +28,7 @@ def test_trace_and_eval_run_on_each_family(preset: str, offline_hub, tmp_path) -
                 "--seeds",
                 "0-1",
                 "--modes",
-                "base:3,distilled,hybrid",
+                "base@steps3,distilled,hybrid",
                 "--out",
                 str(trace_dir),
             ]
@@ -37,7 +37,7 @@ def test_trace_and_eval_run_on_each_family(preset: str, offline_hub, tmp_path) -
     )
     curves = json.loads((trace_dir / "curves.json").read_text())
     commitment = {c["label"]: c for c in curves["curves"] if c["kind"] == "commitment"}
-    assert set(commitment) == {"base:3", "distilled", "hybrid"}
+    assert set(commitment) == {"base@steps3", "distilled", "hybrid"}  # base:3 is now spelled base@steps3
     assert commitment["hybrid"]["models"] == ["base", "distilled", "distilled", "distilled"]
     for curve in commitment.values():  # every run ends at its own final image
         assert curve["mean"][-1] == pytest.approx(0.0, abs=1e-6) and curve["mean"][0] > 0
