@@ -14,7 +14,7 @@ from import_graph import ROOT, SRC, build
 LAYERS: tuple[tuple[str, ...], ...] = (
     # engine: pure sampling maths, the variant grammar, and the small file/IO helpers everything shares
     (
-        "schedule", "variant", "sampling", "denoiser", "conventions", "prediction", "conditioning", "defaults",
+        "schedule", "variant", "sampling", "conventions", "prediction", "conditioning", "defaults",
         "images", "devices", "outlock", "journal", "fingerprint", "quiet", "htmlpage", "outputs", "adapter_spec",
         "offload", "recording",
     ),
