@@ -127,3 +127,17 @@ def test_old_and_wrong_mode_spellings_are_one_line_naming_the_new_one(tmp_path: 
     assert tiny_cli.main([*base, "--modes", "hybrid:1", "--base-schedule", "own"]) == 2
     assert "hybrid:1@own" in error_line(capsys)
     assert not built and not out.exists()  # refused before loading or writing anything
+
+
+def test_the_seed_list_parser_is_one_torch_free_function() -> None:
+    import subprocess
+    import sys
+
+    from divdistill.trajectory.seeds import parse_seeds
+
+    assert parse_seeds("0-3,10, 2") == [0, 1, 2, 3, 10, 2]
+    for text, message in [("5-2", "runs backwards"), ("a", "use e.g. 0-7"), (",", "no seeds"), ("0,-1", "-1 is out")]:
+        with pytest.raises(ValueError, match=message):
+            parse_seeds(text)
+    code = "import sys, divdistill.trajectory.seeds, divdistill.cli.trace; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
