@@ -160,12 +160,6 @@ def background_category(level: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def position_range(size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the centre may lie so that the whole shape is inside a 32 px canvas."""
-    margin = EXTENT * size + EDGE_MARGIN
-    return margin, RESOLUTION - margin
-
-
 # ------------------------------------------------------------------------------------------------ sampling
 def _uniform(rng: np.random.Generator, n: int, low, high) -> np.ndarray:
     return low + (np.asarray(high) - np.asarray(low)) * rng.random(n)

@@ -19,15 +19,16 @@ so timestep lists and sigmas are those users get.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from divdistill.pocket.tokenizer import byte_level_vocab as tiny_vocab
+from divdistill.pocket.tokenizer import write_tokenizer_files
 
 __all__ = [
     "SD21_BASE_SCHEDULER_CONFIG",
@@ -73,7 +74,6 @@ SD21_BASE_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 _TEXT_HIDDEN = 32
-_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
 @contextmanager
@@ -93,63 +93,6 @@ def _finalise(module: torch.nn.Module) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
-@lru_cache(maxsize=1)
-def _byte_level_chars() -> tuple[str, ...]:
-    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for raw bytes (``bytes_to_unicode``)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    codes = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return tuple(chr(c) for c in codes)
-
-
-def tiny_vocab() -> dict[str, int]:
-    """Vocabulary of the tiny CLIP tokenizer: 2 special tokens + 256 byte chars, each also with ``</w>``."""
-    vocab = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
-    for ch in _byte_level_chars():
-        vocab[ch] = len(vocab)
-    for ch in _byte_level_chars():
-        vocab[ch + "</w>"] = len(vocab)
-    return vocab
-
-
-def write_tokenizer_files(save_dir: str | Path) -> Path:
-    """Write the tiny tokenizer in the file layout the real SD/SDXL repos publish.
-
-    That is ``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` and ``special_tokens_map.json``
-    (no ``tokenizer.json``), so ``CLIPTokenizer.from_pretrained`` goes through the same
-    vocab+merges route it takes for ``stabilityai/*`` repos.
-    """
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    (save_dir / "vocab.json").write_text(json.dumps(tiny_vocab(), ensure_ascii=False), encoding="utf-8")
-    (save_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-    }
-    config = {
-        **special,
-        "add_prefix_space": False,
-        "do_lower_case": True,
-        "errors": "replace",
-        "model_max_length": 77,
-        "tokenizer_class": "CLIPTokenizer",
-    }
-    (save_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (save_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
-    return save_dir
-
-
 def tiny_tokenizer(save_dir: str | Path | None = None):
     """A byte-level CLIP tokenizer built without any download.
 
