@@ -10,12 +10,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from divdistill.conventions import LatentConvention
-from divdistill.denoiser import GuidedDenoiser
+
+if TYPE_CHECKING:  # the loop runs any x0-hat denoiser; the family-aware one sits a layer above
+    from divdistill.denoiser import GuidedDenoiser
 
 
 @dataclass
