@@ -135,9 +135,15 @@ def start_job(run: JobRun, request: dict[str, Any], overwrite: bool = False) -> 
     run.remaining = run.count - len(run.finished)
 
 
-def finish_job(
-    run: JobRun, options: RunOptions, request: dict[str, Any], context: dict[str, Any]
-) -> tuple[float, float | None]:
+@dataclass(frozen=True)
+class FinishedJob:
+    """What run.json records of a job's cost: the wall time of its calls and NFE per image."""
+
+    seconds: float
+    nfe: float | None
+
+
+def finish_job(run: JobRun, options: RunOptions, request: dict[str, Any], context: dict[str, Any]) -> FinishedJob:
     """Contact sheet (from the files on disk), then the sidecar (last: its presence marks the job finished), then
     the journal goes; returns the job's seconds and NFE per image. The sidecar is written as a stream: no list of
     the job's images is held in memory."""
@@ -191,4 +197,4 @@ def finish_job(
     }
     write_json_stream_atomic(fields.items(), run.folder / SIDECAR)
     journal.remove()
-    return seconds, record.get("nfe")
+    return FinishedJob(seconds=seconds, nfe=record.get("nfe"))

@@ -273,9 +273,9 @@ def _generate(
     kept: dict[int, int] = {}
 
     def finished(job_run: JobRun) -> None:
-        seconds, nfe = finish_job(job_run, options, request, context)
+        cost = finish_job(job_run, options, request, context)
         have = kept.get(id(job_run), 0)
-        done[id(job_run)] = _Done(job_run.count - have, have, seconds, nfe)
+        done[id(job_run)] = _Done(job_run.count - have, have, cost.seconds, cost.nfe)
         if not per_image:
             progress.update()
 
