@@ -78,24 +78,30 @@ def foreign_entries(out: Path, prompt_file: bool) -> list[str]:
 
 
 def check_output(
-    out: Path, runs: Sequence[JobRun], options: RunOptions, request: dict[str, Any], folders: bool
+    out: Path,
+    runs: Sequence[JobRun],
+    options: RunOptions,
+    request: dict[str, Any],
+    folders: bool,
+    what: str = "output folder",
 ) -> None:
-    """Refuse, before anything is written, an --out whose contents this run would destroy or mix with its own:
-    a folder of other files, a prompt-file run of other settings, or jobs holding images of other settings or
-    prompts (the message says which settings differ). `options.overwrite` (--overwrite) replaces them instead. Then (a
-    prompt file) the manifest is written with this run's settings. Runs on the main process, under the folder's lock."""
+    """Refuse, before anything is written, an output folder whose contents this run would destroy or mix with
+    its own: a folder of other files, a prompt-file run of other settings, or jobs holding images of other
+    settings or prompts (the message says which settings differ, naming `out` as `what`). `options.overwrite`
+    (--overwrite) replaces them instead. Then (a prompt file) the manifest is written with this run's settings.
+    Runs on the main process, under the folder's lock."""
     if not options.overwrite:
         foreign = foreign_entries(out, folders)
         if foreign:
             more = ", ..." if len(foreign) == 3 else ""
             raise JobError(
-                f"output folder {str(out)!r} is not empty and holds no divdistill generate output ({', '.join(foreign)}"
+                f"{what} {str(out)!r} is not empty and holds no divdistill generate output ({', '.join(foreign)}"
                 f"{more}); pick an empty or new folder, or overwrite (--overwrite) to write into it anyway"
             )
         manifest = read_json_file(out / MANIFEST) if folders else None
         if manifest is not None and isinstance(manifest.get("request"), dict) and manifest["request"] != request:
             raise JobError(
-                f"output folder {str(out)!r} holds a run made with other settings "
+                f"{what} {str(out)!r} holds a run made with other settings "
                 f"({describe_differences(manifest['request'], request)}); use another output folder, or "
                 "overwrite (--overwrite) to replace its images"
             )

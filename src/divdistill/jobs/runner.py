@@ -152,7 +152,7 @@ def run(
     request = settings.to_json()
     # One writer per folder (the processes of one launch count as one); the checks run under the lock.
     lock = acquire_for_launch(
-        out, fingerprint(request), state, check=lambda: check_output(out, runs, options, request, folders),
+        out, fingerprint(request), state, check=lambda: check_output(out, runs, options, request, folders, what),
         error=JobError, what=what,
     )  # fmt: skip
     with lock:
