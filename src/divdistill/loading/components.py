@@ -51,7 +51,7 @@ def dtype_argument(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -
         return dtype
     if dtype is not None and dtype != torch_dtype:
         raise TypeError(f"got dtype={dtype} and torch_dtype={torch_dtype}; give dtype= only (torch_dtype is its alias)")
-    level, frame, package = 1, sys._getframe(0), str(Path(__file__).parent)
+    level, frame, package = 1, sys._getframe(0), str(Path(__file__).parents[1])  # the divdistill package
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
     warnings.warn("torch_dtype= is deprecated (as in diffusers); pass dtype= instead", FutureWarning, stacklevel=level)
