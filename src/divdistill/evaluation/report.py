@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from divdistill.evaluation.runner import EvalResult, Metric
+from divdistill.evaluation.formatting import clean, finite, fmt, metric_digits, short
+from divdistill.evaluation.plots import write_plots
+from divdistill.evaluation.results import EvalResult, Metric
 from divdistill.htmlpage import escape, page_end, page_start
 from divdistill.images import atomic_write, contact_sheet, save_image_atomic, write_json_atomic
 
@@ -28,48 +30,18 @@ GRID_IMAGES = 8
 GRID_THUMB = 128
 
 
-# ----------------------------------------------------------------------------------------------- formatting
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if not _finite(value):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _digits(metric: str) -> int:
-    return {"fid": 2, "is": 2, "clip-score": 2, "kid": 4}.get(metric, 3)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _short(text: str | None, width: int = 48) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 # ----------------------------------------------------------------------------------------------- tables
 def prompt_table(result: EvalResult, m: Metric, intervals: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the paper's diversity table for one per-prompt metric (average last)."""
     sets = result.sets
     header = ["prompt", *[s.name for s in sets]]
-    digits = _digits(m.metric)
+    digits = metric_digits(m.metric)
 
     def cell(est: Any) -> str:
         if est is None:
             return "–"
         if intervals:
-            return f"[{fmt(est.low, digits)}, {fmt(est.high, digits)}]" if _finite(est.low) else "–"
+            return f"[{fmt(est.low, digits)}, {fmt(est.high, digits)}]" if finite(est.low) else "–"
         return fmt(est.value, digits)
 
     rows = []
@@ -78,7 +50,7 @@ def prompt_table(result: EvalResult, m: Metric, intervals: bool = False) -> tupl
         for s in sets:
             found = dict(result.per_prompt.get((s.name, m.name), []))
             values.append(cell(found.get(group_id)))
-        rows.append([_short(prompt) or group_id, *values])
+        rows.append([short(prompt) or group_id, *values])
     rows.append(["average", *[cell(result.averages.get((s.name, m.name))) for s in sets]])
     return header, rows
 
@@ -94,7 +66,7 @@ def summary_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
     speed_columns = [("time (s/image)", "seconds_per_image", 3), ("NFE/image", "nfe_per_image", 1),
                      ("peak memory (MB)", "peak_memory_mb", 0)]  # fmt: skip
     speeds = [result.speed.get(s.name) or {} for s in result.sets]
-    speed_used = [c for c in speed_columns if any(_finite(sp.get(c[1])) for sp in speeds)]
+    speed_used = [c for c in speed_columns if any(finite(sp.get(c[1])) for sp in speeds)]
     header = [name if m is None else _column_title(m) for name, m in columns] + [c[0] for c in speed_used]
     rows = []
     for image_set, speed in zip(result.sets, speeds):
@@ -103,12 +75,12 @@ def summary_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
         for _, m in columns[2:]:
             if m.kind == "prompt":
                 est = result.averages.get((image_set.name, m.name))
-                row.append(fmt(est.value if est else None, _digits(m.metric)))
+                row.append(fmt(est.value if est else None, metric_digits(m.metric)))
             else:
                 values = result.set_values.get((image_set.name, m.name)) or {}
-                text = fmt(values.get("value"), _digits(m.metric))
-                if _finite(values.get("std")):
-                    text += f" ± {fmt(values['std'], _digits(m.metric))}"
+                text = fmt(values.get("value"), metric_digits(m.metric))
+                if finite(values.get("std")):
+                    text += f" ± {fmt(values['std'], metric_digits(m.metric))}"
                 row.append(text)
         row += [fmt(speed.get(key), digits) for _, key, digits in speed_used]
         rows.append(row)
@@ -190,146 +162,7 @@ def write_csv(result: EvalResult, path: Path) -> Path:
 
 
 def write_json(result: EvalResult, path: Path, extra: dict[str, Any] | None = None) -> Path:
-    return write_json_atomic(_clean({**result.to_dict(), **(extra or {})}), path)
-
-
-# ----------------------------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
-    return path
-
-
-def _errors(estimates: Sequence[Any]) -> list[list[float]] | None:
-    lows, highs = [], []
-    for e in estimates:
-        ok = _finite(e.low) and _finite(e.high)
-        lows.append(max(e.value - e.low, 0) if ok else 0.0)
-        highs.append(max(e.high - e.value, 0) if ok else 0.0)
-    return [lows, highs] if any(lows) or any(highs) else None
-
-
-def plot_vs_time(result: EvalResult, m: Metric, path: Path) -> Path | None:
-    points = []
-    for s in result.sets:
-        seconds = (result.speed.get(s.name) or {}).get("seconds_per_image")
-        est = result.averages.get((s.name, m.name))
-        if _finite(seconds) and est is not None and _finite(est.value):
-            points.append((s.name, seconds, est))
-    if not points:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, seconds, est in points:
-        ax.errorbar([seconds], [est.value], yerr=_errors([est]), fmt="o", capsize=3, label=name)
-        ax.annotate(name, (seconds, est.value), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("seconds per image (whole pipeline)")
-    ax.set_ylabel(m.name)
-    ax.set_title(f"{m.name} vs time per image", fontsize=10)
-    if len(points) > 1 and max(p[1] for p in points) / max(min(p[1] for p in points), 1e-9) > 20:
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_per_prompt(result: EvalResult, m: Metric, path: Path) -> Path | None:
-    prompts = result.prompts()
-    sets = [s for s in result.sets if (s.name, m.name) in result.per_prompt]
-    if not sets or not prompts:
-        return None
-    plt = _plt()
-    width = 0.8 / len(sets)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * (len(prompts) + 1) * max(1, len(sets) / 3)), 4))
-    labels = [_short(p, 24) or i for i, p in prompts] + ["average"]
-    for k, s in enumerate(sets):
-        found = dict(result.per_prompt[(s.name, m.name)])
-        estimates = [found.get(i) for i, _ in prompts] + [result.averages.get((s.name, m.name))]
-        xs = [j + (k - (len(sets) - 1) / 2) * width for j in range(len(labels))]
-        present = [(x, e) for x, e in zip(xs, estimates) if e is not None and _finite(e.value)]
-        if present:
-            ax.bar([x for x, _ in present], [e.value for _, e in present], width, label=s.name,
-                   yerr=_errors([e for _, e in present]), capsize=2)  # fmt: skip
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(m.name)
-    ax.set_title(f"{m.name} per prompt", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_ablation(result: EvalResult, m: Metric, x_key: str, line_key: str, path: Path, xlabel: str) -> Path | None:
-    """The metric against `x_key` (base_steps or base_guidance_scale), one line per value of `line_key`."""
-    lines: dict[Any, list[tuple[float, Any, str]]] = {}
-    for s in result.sets:
-        sampling = result.sampling.get(s.name) or {}
-        est = result.averages.get((s.name, m.name))
-        x = sampling.get(x_key)
-        if sampling.get("mode") not in ("hybrid", "distilled") or not _finite(x) or est is None:
-            continue
-        if x_key == "base_guidance_scale" and not sampling.get("base_steps"):
-            continue
-        line = sampling.get(line_key)
-        if x_key == "base_steps" and x == 0:  # distilled: no base guidance; it joins every line
-            line = "*"
-        lines.setdefault(line, []).append((float(x), est, s.name))
-    if "*" in lines:
-        shared = lines.pop("*")
-        for points in lines.values():
-            points.extend(shared)
-        if not lines:
-            lines[None] = shared
-    lines = {k: sorted(v, key=lambda p: p[0]) for k, v in lines.items() if len({p[0] for p in v}) >= 2}
-    if not lines:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for line, points in lines.items():
-        label = f"{line_key.replace('_', ' ')} = {line:g}" if _finite(line) else None
-        ax.errorbar([p[0] for p in points], [p[1].value for p in points], yerr=_errors([p[1] for p in points]),
-                    marker="o", capsize=3, label=label)  # fmt: skip
-        for x, est, name in points:
-            ax.annotate(name, (x, est.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(m.name)
-    ax.set_title(f"{m.name} vs {xlabel}", fontsize=10)
-    if any(_finite(k) for k in lines):
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def write_plots(result: EvalResult, folder: Path) -> list[tuple[str, Path]]:
-    """Every plot that applies, as (caption, path)."""
-    plots: list[tuple[str, Path]] = []
-    for m in result.metrics:
-        if m.kind != "prompt":
-            continue
-        made = [
-            (f"{m.name} vs seconds per image (one point per mode)",
-             plot_vs_time(result, m, folder / f"{m.name}_vs_seconds.png")),
-            (f"{m.name} per prompt", plot_per_prompt(result, m, folder / f"{m.name}_per_prompt.png")),
-            (f"{m.name} vs base steps (distilled = 0)",
-             plot_ablation(result, m, "base_steps", "base_guidance_scale", folder / f"{m.name}_vs_base_steps.png",
-                           "base steps")),
-            (f"{m.name} vs base guidance scale",
-             plot_ablation(result, m, "base_guidance_scale", "base_steps", folder / f"{m.name}_vs_base_guidance.png",
-                           "base guidance scale")),
-        ]  # fmt: skip
-        plots += [(caption, path) for caption, path in made if path is not None]
-    return plots
+    return write_json_atomic(clean({**result.to_dict(), **(extra or {})}), path)
 
 
 # ----------------------------------------------------------------------------------------------- grids + html
@@ -429,7 +262,7 @@ def render_html(
             cells = [grids.get((s.name, group_id)) for s in result.sets]
             if not any(cells):
                 continue
-            row = [f"<td>{e(_short(prompt, 80) or group_id)}</td>"]
+            row = [f"<td>{e(short(prompt, 80) or group_id)}</td>"]
             for s, path in zip(result.sets, cells):
                 row.append(f'<td><img src="{rel(path)}" alt="{e(s.name, quote=True)}: {e(group_id, quote=True)}">'
                            "</td>" if path else "<td>–</td>")  # fmt: skip
