@@ -52,12 +52,24 @@ from divdistill.cli.common import (
     check_output_folder,
     check_pair_arguments,
     check_timesteps,
+    model_settings,
     non_negative_int,
     positive_int,
+    resolve_dtype,
     seed_number,
 )
+from divdistill.devices import process_state, resolve_device
 from divdistill.images import atomic_write
-from divdistill.jobs import GenerationSettings, check_seed_range
+from divdistill.jobs import (
+    GenerationSettings,
+    JobError,
+    LazyPipeline,
+    RunOptions,
+    SamplingSettings,
+    check_seed_range,
+    read_prompts_csv,
+)
+from divdistill.outlock import acquire_for_launch
 from divdistill.variant import Variant, parse_variants
 
 
@@ -208,9 +220,6 @@ def prompts_file(args: argparse.Namespace, out: Path) -> Path:
 
 def generation_settings(args: argparse.Namespace, dtype_name: str) -> GenerationSettings:
     """The settings every variant shares (each replaces the sampling variant; see `divdistill.evaluation.variants`)."""
-    from divdistill.cli.common import model_settings
-    from divdistill.jobs import SamplingSettings
-
     sampling = SamplingSettings(
         num_inference_steps=args.steps,
         timesteps=None if args.timesteps is None else tuple(args.timesteps),
@@ -228,7 +237,6 @@ def generation_settings(args: argparse.Namespace, dtype_name: str) -> Generation
 
 # ----------------------------------------------------------------------------------------------- command
 def run_eval(args: argparse.Namespace) -> int:
-    from divdistill.devices import process_state, resolve_device
     from divdistill.evaluation.runner import DEFAULT_METRICS, Evaluator, parse_metrics
     from divdistill.metrics.embedders import BackendUnavailable
 
@@ -279,8 +287,6 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CLIError(str(error)) from None
     if args.no_cache and state.num_processes > 1:
         raise CLIError("--no-cache cannot be used with several processes (they share embeddings through the cache)")
-    from divdistill.outlock import acquire_for_launch
-
     # One writer per --out (the processes of one launch count as one); each variant's folder gets its own.
     with acquire_for_launch(out, None, state, error=CLIError, what="--out"):
         return _evaluate_locked(args, out, variants, evaluator, state, device)
@@ -341,9 +347,6 @@ def _evaluate_variants(
 ) -> Any:
     """`divdistill.evaluation.evaluate_variants` with the arguments' jobs, settings and pair (loaded once, when
     a variant has images to make); prints each variant's manifest line as generate does."""
-    from divdistill.cli.common import resolve_dtype
-    from divdistill.jobs import JobError, LazyPipeline, RunOptions, read_prompts_csv
-
     prompts = prompts_file(args, out)
     try:
         jobs = read_prompts_csv(prompts)

@@ -73,6 +73,7 @@ from divdistill.cli.common import (
     resolve_dtype,
     seed_number,
 )
+from divdistill.devices import process_state, resolve_device
 from divdistill.jobs import (
     MANIFEST,
     SIDECAR,
@@ -87,7 +88,8 @@ from divdistill.jobs import (
     check_seed_range,
     read_prompts_csv,
 )
-from divdistill.schedule import MODES
+from divdistill.jobs import run as run_jobs
+from divdistill.schedule import MODES, parse_segments
 from divdistill.variant import parse_variant
 
 if TYPE_CHECKING:
@@ -180,8 +182,6 @@ def check_args(args: argparse.Namespace) -> None:
         ]
         if given:
             raise CLIError(f"--segments replaces {', '.join(given)}; give one or the other")
-        from divdistill.schedule import parse_segments
-
         parse_segments(args.segments)
     check_timesteps(args)
     if args.prompt is not None:  # a CSV's rows are checked with their own seeds (Job.seeds)
@@ -248,9 +248,6 @@ def _log(message: str) -> None:
 # ----------------------------------------------------------------------------------------------- command
 def run_generate(args: argparse.Namespace) -> int:
     """The command: parse -> settings -> `divdistill.jobs.run` (the pair loaded only when there is work) -> print."""
-    from divdistill import jobs
-    from divdistill.devices import process_state, resolve_device
-
     check_args(args)
     out = Path(args.out)
     if args.prompts is not None:
@@ -268,7 +265,7 @@ def run_generate(args: argparse.Namespace) -> int:
                          columns=args.columns, prompts_file=args.prompts)  # fmt: skip
     pipe = LazyPipeline(lambda: load_with_adapters(args, device, dtype))
     try:
-        result = jobs.run(pipe, todo, out, settings, options, device=device, state=state, log=_log, what="--out")
+        result = run_jobs(pipe, todo, out, settings, options, device=device, state=state, log=_log, what="--out")
     finally:
         if args.lora and pipe.pipe is not None:  # the pipeline may be shared
             pipe.pipe.clear()
