@@ -63,6 +63,7 @@ from divdistill.control.lora import (
     lora_targets,
 )
 from divdistill.families import family_of_network, get_family
+from divdistill.images import atomic_write, write_json_atomic
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -282,8 +283,6 @@ def _header(info: dict[str, Any] | None) -> dict[str, str]:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str] | None) -> Path:
     from safetensors.torch import save
 
-    from divdistill.images import atomic_write
-
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_write(path) as handle:
         if path.suffix == ".safetensors":
@@ -319,8 +318,6 @@ def save_lora(
             tensors[f"{name}.alpha"] = torch.tensor(float(layer.alpha))
         return _atomic_save(tensors, path, _header(info) if path.suffix == ".safetensors" else None)
     if format == "peft":
-        from divdistill.images import write_json_atomic
-
         path.mkdir(parents=True, exist_ok=True)
         config = {"peft_type": "LORA", **peft_config(layers)}
         write_json_atomic(config, path / "adapter_config.json")

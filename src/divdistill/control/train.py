@@ -29,6 +29,7 @@ import torch
 from divdistill.control.formats import save_lora
 from divdistill.control.slider import RESUMABLE, TRAIN_METHODS, SliderConfig, slider_modules
 from divdistill.control.trainer import ADAPTER, CHECKPOINTS, RECORD, SliderTrainer, TrainState
+from divdistill.images import atomic_write, write_json_atomic
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -37,7 +38,6 @@ def checkpoint_files(out: Path) -> list[Path]:
 
 
 def _save_checkpoint(trainer: SliderTrainer, out: Path) -> Path:
-    from divdistill.images import atomic_write
 
     path = out / CHECKPOINTS / f"step-{trainer.state.step:07d}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +73,6 @@ def train_slider(
     holds the settings and the loss of every step. `callback(step, loss)` runs after every step.
     """
     from tqdm.auto import tqdm
-
-    from divdistill.images import write_json_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
 from divdistill.pipeline.loader import pair_loader
 from divdistill.pipeline.stages import StagePlan, fresh_scheduler, plan_stages, run_segments
+from divdistill.recording import TrajectoryRecorder, chain_callbacks
 from divdistill.sampling import Stage, StepCallback, sample
 from divdistill.schedule import Segment, parse_segments
 
@@ -283,8 +284,6 @@ class HybridPipeline:
         total = sum(len(s.timesteps) for s in stages)
         recorder = None
         if return_trajectory:
-            from divdistill.recording import TrajectoryRecorder, chain_callbacks
-
             recorder = TrajectoryRecorder()
             callback = chain_callbacks(callback, recorder)
         with tqdm(total=total, **{"desc": "sampling", "leave": False, **self.progress_bar_config}) as progress:
