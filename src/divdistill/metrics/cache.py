@@ -253,13 +253,23 @@ def embed_missing(
         sha = stamps[rel].sha256
         if not cache.has(sha) and sha not in todo:
             todo[sha] = rel
+
+    def rows(batch: list[tuple[str, str]]) -> dict[str, dict[str, torch.Tensor]]:
+        images = torch.stack([backend.prepare(load_image(cache.root / rel)) for _, rel in batch])
+        outputs = backend.embed(images)
+        return {sha: {name: value[i] for name, value in outputs.items()} for i, (sha, _) in enumerate(batch)}
+
+    return _fill(cache, list(todo.items()), rows, backend.batch_size, flush_every, progress)
+
+
+def _fill(cache: EmbeddingCache, items: list, rows: Callable[[list], dict[str, dict[str, torch.Tensor]]],
+          batch_size: int, flush_every: int, progress: Callable[[int], None] | None) -> int:  # fmt: skip
+    """Add `rows(batch)` to the cache for every batch of `items`, flushing every `flush_every` items (so a killed
+    run keeps what it computed); return how many items were computed."""
     done = 0
-    items = list(todo.items())
-    for chunk in _batches(items, max(flush_every, backend.batch_size)):
-        for batch in _batches(chunk, backend.batch_size):
-            images = torch.stack([backend.prepare(load_image(cache.root / rel)) for _, rel in batch])
-            outputs = backend.embed(images)
-            cache.add({sha: {name: value[i] for name, value in outputs.items()} for i, (sha, _) in enumerate(batch)})
+    for chunk in _batches(items, max(flush_every, batch_size)):
+        for batch in _batches(chunk, batch_size):
+            cache.add(rows(batch))
             done += len(batch)
             if progress is not None:
                 progress(len(batch))
@@ -291,7 +301,6 @@ def pairwise_missing(
                 if stamps[a].sha256 != stamps[b].sha256 and not cache.has(key) and key not in pairs:
                     pairs[key] = (a, b)
     items = list(pairs.items())[shard[0] :: shard[1]]
-    done = 0
     prepared: dict[str, torch.Tensor] = {}
 
     def image(rel: str) -> torch.Tensor:
@@ -299,18 +308,13 @@ def pairwise_missing(
             prepared[rel] = backend.prepare(load_image(cache.root / rel))
         return prepared[rel]
 
-    for chunk in _batches(items, max(flush_every, backend.batch_size)):
-        for batch in _batches(chunk, backend.batch_size):
-            a = torch.stack([image(x) for _, (x, _) in batch])
-            b = torch.stack([image(y) for _, (_, y) in batch])
-            values = backend.distances(a, b).double().reshape(-1)
-            cache.add({key: {"distance": values[i : i + 1].float()} for i, (key, _) in enumerate(batch)})
-            done += len(batch)
-            if progress is not None:
-                progress(len(batch))
-        cache.flush()
-    cache.flush()
-    return done
+    def rows(batch: list[tuple[str, tuple[str, str]]]) -> dict[str, dict[str, torch.Tensor]]:
+        a = torch.stack([image(x) for _, (x, _) in batch])
+        b = torch.stack([image(y) for _, (_, y) in batch])
+        values = backend.distances(a, b).double().reshape(-1)
+        return {key: {"distance": values[i : i + 1].float()} for i, (key, _) in enumerate(batch)}
+
+    return _fill(cache, items, rows, backend.batch_size, flush_every, progress)
 
 
 def pair_matrix(cache: EmbeddingCache, group: Sequence[str]) -> torch.Tensor:

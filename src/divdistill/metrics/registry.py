@@ -169,15 +169,3 @@ def first_available(candidates: Sequence[str], device: Any = None, options: dict
         f"install the metrics extra: `{EXTRA_HINT}`."
     )
 
-
-__all__ = [
-    "AUTO_ORDER",
-    "BackendUnavailable",
-    "first_available",
-    "get_distance",
-    "get_embedder",
-    "installed",
-    "names",
-    "register",
-    "unregister",
-]
