@@ -273,7 +273,7 @@ def render_markdown(result: ControlResult) -> str:
 
 
 def write_control_report(result: ControlResult, out: str | Path, save_images: bool = True) -> dict[str, Path]:
-    from divdistill.images import atomic_write, contact_sheet, save_image_atomic, write_json_atomic
+    from divdistill.images import atomic_write, contact_sheet, save_image_atomic, to_pil, write_json_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +290,7 @@ def write_control_report(result: ControlResult, out: str | Path, save_images: bo
     with atomic_write(files["markdown"], "w") as handle:
         handle.write(render_markdown(result))
 
-    pil = {key: _to_pil(image) for key, image in result.images.items()}
+    pil = {key: to_pil(image) for key, image in result.images.items()}
     image_files: dict[tuple, str] = {}
     if save_images:
         for (model, scale, index, seed), image in pil.items():
@@ -333,13 +333,6 @@ def write_control_report(result: ControlResult, out: str | Path, save_images: bo
         files["json"],
     )
     return files
-
-
-def _to_pil(image: torch.Tensor) -> Any:
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array)
 
 
 def _open(path: Path) -> Any:
