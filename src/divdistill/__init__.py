@@ -20,6 +20,10 @@ _LAZY: dict[str, str] = {
     "Segment": "divdistill.schedule",
     "StepInfo": "divdistill.sampling",
     "StepRecord": "divdistill.sampling",
+    "TraceResult": "divdistill.trajectory.run",
+    "Variant": "divdistill.variant",
+    "parse_variant": "divdistill.variant",
+    "trace": "divdistill.trajectory.run",
 }
 
 if TYPE_CHECKING:
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
     from divdistill.pipeline import HybridPipeline
     from divdistill.sampling import StepInfo, StepRecord
     from divdistill.schedule import Segment
+    from divdistill.trajectory.run import TraceResult, trace
+    from divdistill.variant import Variant, parse_variant
 
 __all__ = [
     "HybridPipeline",
@@ -38,7 +44,11 @@ __all__ = [
     "Segment",
     "StepInfo",
     "StepRecord",
+    "TraceResult",
+    "Variant",
     "__version__",
+    "parse_variant",
+    "trace",
 ]
 
 
