@@ -13,9 +13,10 @@ from typing import Any
 
 from divdistill.demo.config import FAILURE_COLUMNS, MODES, DemoResult
 from divdistill.demo.measure import METRICS
+from divdistill.evaluation.formatting import clean
 from divdistill.htmlpage import CHECK_SCRIPT
 from divdistill.images import atomic_write, write_json_atomic
-from divdistill.trajectory.report import _STYLE, _clean
+from divdistill.trajectory.report import _STYLE
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -174,6 +175,6 @@ def write_outputs(out: Path, result: DemoResult, grids: Sequence[tuple[str, str]
         raise FileNotFoundError(f"index.html would link missing files: {', '.join(missing)}")
     result.files = sorted(["index.html", "results.json", "modes.csv", "slider.csv", "curves.csv", "curves.json",
                            *[g for _, g in grids], *[f for f, _ in figures], slider_grid])  # fmt: skip
-    write_json_atomic(_clean(asdict(result)), out / "results.json")
+    write_json_atomic(clean(asdict(result)), out / "results.json")
     with atomic_write(out / "index.html", "w") as handle:
         handle.write(page)
