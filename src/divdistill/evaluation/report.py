@@ -23,6 +23,7 @@ from divdistill.evaluation.plots import write_plots
 from divdistill.evaluation.results import EvalResult, Metric
 from divdistill.htmlpage import escape, page_end, page_start
 from divdistill.images import atomic_write, contact_sheet, save_image_atomic, write_json_atomic
+from divdistill.jobs import safe_id
 
 CSV_COLUMNS = ("mode", "prompt_id", "prompt", "metric", "backend", "label", "fallback", "value", "ci_low", "ci_high",
                "std", "n")  # fmt: skip
@@ -169,8 +170,6 @@ def write_json(result: EvalResult, path: Path, extra: dict[str, Any] | None = No
 def write_grids(result: EvalResult, folder: Path, max_prompts: int = 12) -> dict[tuple[str, str], Path]:
     """A small contact sheet per (set, prompt) for the first `max_prompts` prompts."""
     from PIL import Image
-
-    from divdistill.jobs import safe_id
 
     grids = {}
     wanted = [group_id for group_id, _ in result.prompts()[:max_prompts]]

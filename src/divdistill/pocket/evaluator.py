@@ -26,13 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from divdistill.pocket.weights import weights_dir
 from divdistill.pocket.world import (
+    COLOUR_RGB,
     COLOURS,
     RESOLUTION,
     SHAPES,
     Attributes,
+    axis_category,
+    background_category,
     parse_caption,
+    sample_world,
     satisfies,
+    size_category,
 )
 
 # Standardisation of the regressed attributes (roughly the world's means and spreads).
@@ -108,8 +114,6 @@ class PocketEvaluator(nn.Module):
         out = self._batched(images)
         regression = out["regression"] * REGRESSION_SCALE + REGRESSION_CENTRE
         colour = out["colour"].argmax(1)
-        from divdistill.pocket.world import COLOUR_RGB
-
         rgb = torch.tensor([COLOUR_RGB[c] for c in COLOURS])[colour]
         return Attributes(
             shape=out["shape"].argmax(1),
@@ -174,8 +178,6 @@ def adherence(
 def load_evaluator(folder: str | Path | None = None, device: str | torch.device = "cpu") -> PocketEvaluator:
     """The evaluator from `folder`, by default the one shipped with divdistill."""
     if folder is None:
-        from divdistill.pocket.weights import weights_dir
-
         folder = weights_dir("evaluator")
     return PocketEvaluator.from_pretrained(folder, device)
 
@@ -186,8 +188,6 @@ def accuracy(evaluator: PocketEvaluator, n: int = 2048, seed: int = 10_000) -> d
 
     `all_named` is the fraction of images whose own grammar caption is fully satisfied by the read attributes.
     """
-    from divdistill.pocket.world import axis_category, background_category, sample_world, size_category
-
     batch = sample_world(n, seed)
     read = evaluator.read(batch.images)
     truth = batch.attributes

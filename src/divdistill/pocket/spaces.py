@@ -24,6 +24,7 @@ from divdistill.metrics.distance import FeatureDistance, ImageDistance
 from divdistill.metrics.diversity import pairwise_distances
 from divdistill.metrics.embedders import FunctionEmbedder
 from divdistill.pocket.evaluator import load_evaluator
+from divdistill.pocket.pixels import layout_distance
 from divdistill.pocket.world import RESOLUTION
 
 
@@ -76,8 +77,6 @@ class LayoutDistance(ImageDistance):
     label = "layout (object position, colour, background)"
 
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        from divdistill.pocket.pixels import layout_distance
-
         return layout_distance(a, b)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divdistill.devices import resolve_device
 from divdistill.images import atomic_write
 
 
@@ -58,9 +59,7 @@ def training_device(device: str | torch.device | None) -> torch.device:
     """The trainers' device: `divdistill.devices.resolve_device` (no MPS: 'auto' or None picks CUDA when
     present, else the CPU; a device this machine lacks is a `DeviceUnavailableError`), and on CUDA the trainers'
     speed settings (TF32 matmuls, cuDNN benchmark)."""
-    from divdistill.devices import resolve_device as checked
-
-    device = checked(device, mps=False)
+    device = resolve_device(device, mps=False)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
