@@ -22,12 +22,15 @@ _LAZY: dict[str, str] = {
     "StepRecord": "divdistill.sampling",
     "TraceResult": "divdistill.trajectory.run",
     "Variant": "divdistill.variant",
+    "VariantsEvaluation": "divdistill.evaluation.variants",
+    "evaluate": "divdistill.evaluation.variants",
     "parse_variant": "divdistill.variant",
     "trace": "divdistill.trajectory.run",
 }
 
 if TYPE_CHECKING:
     from divdistill.defaults import SamplingDefaults
+    from divdistill.evaluation.variants import VariantsEvaluation, evaluate
     from divdistill.families import PairMismatchError
     from divdistill.outputs import HybridPipelineOutput
     from divdistill.pipeline import HybridPipeline
@@ -46,7 +49,9 @@ __all__ = [
     "StepRecord",
     "TraceResult",
     "Variant",
+    "VariantsEvaluation",
     "__version__",
+    "evaluate",
     "parse_variant",
     "trace",
 ]

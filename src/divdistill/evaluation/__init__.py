@@ -24,7 +24,13 @@ from divdistill.evaluation.runner import (
     parse_metric,
     parse_metrics,
 )
-from divdistill.evaluation.variants import VariantRun, VariantsEvaluation, evaluate_variants, generate_variants
+from divdistill.evaluation.variants import (
+    VariantRun,
+    VariantsEvaluation,
+    evaluate_prompts,
+    evaluate_variants,
+    generate_variants,
+)
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -39,6 +45,7 @@ __all__ = [
     "VariantRun",
     "VariantsEvaluation",
     "evaluate",
+    "evaluate_prompts",
     "evaluate_variants",
     "generate_variants",
     "parse_metric",

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.evaluation.imagesets import ImageSet, scan_image_set
-from divdistill.jobs import GenerationSettings, Job, JobsResult, RunOptions, run
+from divdistill.evaluation.results import DEFAULT_METRICS
+from divdistill.evaluation.runner import Evaluator
+from divdistill.jobs import GenerationSettings, Job, JobsResult, RunOptions, prompt_jobs, run
 from divdistill.variant import Variant, parse_variants
 
 
@@ -111,3 +113,43 @@ def evaluate_variants(
         reference = scan_image_set(reference, name="reference")
     result = evaluator.evaluate(list(sets), reference)
     return VariantsEvaluation(runs=runs, sets=sets, result=result, generate_s=generate_s)
+
+
+def evaluate_prompts(
+    pipe: Any,
+    prompts: str | Sequence[str] | Sequence[Job],
+    variants: str | Sequence[str | Variant],
+    out: str | Path,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    *,
+    num_images: int | None = None,
+    seed: int | None = None,
+    settings: GenerationSettings | None = None,
+    options: RunOptions | None = None,
+    reference: str | Path | ImageSet | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+    **evaluator_options: Any,
+) -> VariantsEvaluation:
+    """`divdistill.evaluate`: a notebook's one call for "compare these variants on these prompts".
+
+        done = divdistill.evaluate(pipe, ["a red cube", "a blue ball"], "distilled,hybrid:1", "out",
+                                   metrics="diversity:pixel", num_images=8)
+        done.result.rows
+
+    `prompts` are texts (job ids 000000, ...) or `divdistill.jobs.Job`s; `num_images` (default 4) images per
+    prompt from `seed` (default 0) on, or `settings`, which then decides all of it; `evaluator_options` go to
+    `Evaluator` (bootstrap, level, backends, device, ...). Resumable like `divdistill eval`: a rerun scores the
+    images already there.
+    """
+    if settings is None:
+        settings = GenerationSettings(num_images=4 if num_images is None else num_images, seed=seed or 0)
+    elif num_images is not None or seed is not None:
+        raise ValueError("Give num_images/seed or settings, not both (settings carries its own num_images and seed).")
+    evaluator = Evaluator(metrics, log=log, **evaluator_options)
+    return evaluate_variants(pipe, prompt_jobs(prompts), variants, out, settings, evaluator, options,
+                             reference=reference, log=log, progress=progress)  # fmt: skip
+
+
+#: The package root's `divdistill.evaluate` (`divdistill.evaluation.evaluate` scores image sets already made).
+evaluate = evaluate_prompts

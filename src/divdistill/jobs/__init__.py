@@ -15,7 +15,16 @@ frozen settings and their recorded JSON), `status` (what a folder holds), `jobru
 
 from divdistill.jobs.layout import CONTACT_SHEET, MANIFEST, SIDECAR, image_name
 from divdistill.jobs.process import SingleProcess
-from divdistill.jobs.prompts import MAX_SEED, Job, JobError, check_seed_range, read_prompts_csv, safe_id, shard
+from divdistill.jobs.prompts import (
+    MAX_SEED,
+    Job,
+    JobError,
+    check_seed_range,
+    prompt_jobs,
+    read_prompts_csv,
+    safe_id,
+    shard,
+)
 from divdistill.jobs.runner import JobResult, JobsResult, LazyPipeline, ManifestSummary, run
 from divdistill.jobs.settings import (
     AdapterFile,
@@ -50,6 +59,7 @@ __all__ = [
     "is_done",
     "job_differences",
     "job_status",
+    "prompt_jobs",
     "read_prompts_csv",
     "read_sidecar",
     "run",

@@ -70,6 +70,23 @@ def safe_id(value: str) -> str:
     return cleaned
 
 
+def prompt_jobs(prompts: str | Sequence[str] | Sequence[Job]) -> list[Job]:
+    """Jobs of a notebook's prompts: one text or a list of texts (ids 000000, 000001, ... as for a prompt file
+    without case numbers), or the jobs themselves."""
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not items:
+        raise JobError("no prompts given; pass a prompt or a list of prompts")
+    if all(isinstance(item, Job) for item in items):
+        return items
+    width = max(6, len(str(len(items) - 1)))
+    jobs = []
+    for index, prompt in enumerate(items):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise JobError(f"prompt {index} is {prompt!r}; give every prompt as non-empty text (or all as Jobs)")
+        jobs.append(Job(id=f"{index:0{width}d}", prompt=prompt.strip(), row=index))
+    return jobs
+
+
 def read_prompts_csv(path: str | Path) -> list[Job]:
     """Jobs from a CSV with a `prompt` column and optional `case_number` (job id) and `evaluation_seed`.
 
