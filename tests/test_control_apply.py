@@ -14,11 +14,11 @@ import torch
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from tiny_cli import main
 from divdistill.control import AdaptedPipeline, AdapterMismatchError, save_lora
 from divdistill.control.train import slider_modules
 from lora_fixtures import loaded_deltas, random_layers
 from pairs import sdxl_pair
+from tiny_cli import main
 
 PROMPT = "a red cube"
 

@@ -12,12 +12,12 @@ from PIL import Image
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from tiny_cli import main
 from divdistill.control import save_lora
 from divdistill.control.evaluate import FunctionScorer, evaluate_control, get_scorer
 from divdistill.control.train import slider_modules
 from lora_fixtures import brightness_scorer, random_layers
 from pairs import sdxl_pair
+from tiny_cli import main
 
 
 def test_control_eval_writes_table_and_grid(tmp_path: Path, built: list, capsys) -> None:

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from tiny_cli import main
 from divdistill.control import AdaptedPipeline, read_lora
 from divdistill.control.train import SliderConfig, SliderTrainer, checkpoint_files, train_slider
 from lora_fixtures import loaded_deltas
 from pairs import sdxl_pair
+from tiny_cli import main
 
 CONFIG = SliderConfig(
     target="a photo of a person",

@@ -19,7 +19,7 @@ Metrics (NAME or NAME-BACKEND; default: diversity,vendi, plus fid,kid when --ref
 diversity, vendi, clip-score, is, fid, kid, precision, recall, density, coverage; backends pixel (the fallback:
 no weights, always available), dreamsim, lpips, clip, inception (`pip install divdistill[metrics]`), or your
 own with --backend NAME=MODULE:ATTR (ATTR() for a factory, e.g. the pocket pair's evaluator:
---backend pocket=divdistill.pocket.evaluator:pocket_distance()). Without a backend name, diversity uses the first
+--backend pocket=divdistill.pocket.spaces:pocket_distance()). Without a backend name, diversity uses the first
 of dreamsim, lpips, pixel that loads and vendi the first of dreamsim, clip, pixel; outputs name the backend and
 mark the fallback.
 
@@ -169,7 +169,7 @@ def parse_backends(specs: list[str], device: Any = None) -> dict[str, Any]:
     """--backend NAME=MODULE:ATTR -> {name: object}.
 
     ATTR names an Embedder, an ImageDistance or a feature extractor `fn(images) -> [N, D]`; `ATTR()` names a
-    factory (a class, or e.g. `divdistill.pocket.evaluator:pocket_distance()`), called with `device=` when it
+    factory (a class, or e.g. `divdistill.pocket.spaces:pocket_distance()`), called with `device=` when it
     takes one.
     """
     import inspect
@@ -182,7 +182,7 @@ def parse_backends(specs: list[str], device: Any = None) -> dict[str, Any]:
         attr = attr.removesuffix("()")
         if not sep or not colon or not name.strip() or not module or not attr:
             raise CLIError(f"--backend {spec!r}: write NAME=MODULE:ATTR (or ATTR() for a factory), e.g. "
-                           "pocket=divdistill.pocket.evaluator:pocket_distance()")  # fmt: skip
+                           "pocket=divdistill.pocket.spaces:pocket_distance()")  # fmt: skip
         try:
             obj: Any = importlib.import_module(module)
             for part in attr.split("."):

@@ -13,10 +13,9 @@ from typing import Any
 
 from divdistill.demo.config import FAILURE_COLUMNS, MODES, DemoResult
 from divdistill.demo.measure import METRICS
-from divdistill.evaluation.formatting import clean
 from divdistill.htmlpage import CHECK_SCRIPT
-from divdistill.images import atomic_write, write_json_atomic
-from divdistill.trajectory.report import _STYLE
+from divdistill.images import atomic_write, finite_or_none, write_json_atomic
+from divdistill.trajectory.report import PAGE_STYLE
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -104,7 +103,7 @@ def render_html(result: DemoResult, grids: Sequence[tuple[str, str]], figures: S
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>divdistill demo: the pocket pair</title>',
-        f"<style>{_STYLE}{_EXTRA_STYLE}</style>",
+        f"<style>{PAGE_STYLE}{_EXTRA_STYLE}</style>",
         f"<script>{CHECK_SCRIPT}</script></head><body>",
         "<h1>divdistill demo: diversity distillation on the pocket pair</h1>",
         f"<p>{cfg['prompts']} prompts x {cfg['seeds']} seeds per mode (seed s is the same initial noise in every "
@@ -175,6 +174,6 @@ def write_outputs(out: Path, result: DemoResult, grids: Sequence[tuple[str, str]
         raise FileNotFoundError(f"index.html would link missing files: {', '.join(missing)}")
     result.files = sorted(["index.html", "results.json", "modes.csv", "slider.csv", "curves.csv", "curves.json",
                            *[g for _, g in grids], *[f for f, _ in figures], slider_grid])  # fmt: skip
-    write_json_atomic(clean(asdict(result)), out / "results.json")
+    write_json_atomic(finite_or_none(asdict(result)), out / "results.json")
     with atomic_write(out / "index.html", "w") as handle:
         handle.write(page)

@@ -20,16 +20,6 @@ def metric_digits(metric: str) -> int:
     return {"fid": 2, "is": 2, "clip-score": 2, "kid": 4}.get(metric, 3)
 
 
-def clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
-
-
 def short(text: str | None, width: int = 48) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from divdistill.evaluation.formatting import clean, finite, fmt, metric_digits, short
+from divdistill.evaluation.formatting import finite, fmt, metric_digits, short
 from divdistill.evaluation.plots import write_plots
 from divdistill.evaluation.results import EvalResult, Metric
 from divdistill.htmlpage import escape, page_end, page_start
-from divdistill.images import atomic_write, contact_sheet, save_image_atomic, write_json_atomic
+from divdistill.images import atomic_write, contact_sheet, finite_or_none, save_image_atomic, write_json_atomic
 from divdistill.jobs import safe_id
 
 CSV_COLUMNS = ("mode", "prompt_id", "prompt", "metric", "backend", "label", "fallback", "value", "ci_low", "ci_high",
@@ -163,7 +163,7 @@ def write_csv(result: EvalResult, path: Path) -> Path:
 
 
 def write_json(result: EvalResult, path: Path, extra: dict[str, Any] | None = None) -> Path:
-    return write_json_atomic(clean({**result.to_dict(), **(extra or {})}), path)
+    return write_json_atomic(finite_or_none({**result.to_dict(), **(extra or {})}), path)
 
 
 # ----------------------------------------------------------------------------------------------- grids + html

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.htmlpage import escape, page_end, page_start
-from divdistill.images import atomic_write, write_json_atomic
+from divdistill.images import atomic_write, finite_or_none, write_json_atomic
 from divdistill.trajectory.curves import Curve
 
 CSV_COLUMNS = ("curve", "mode", "metric", "step", "fraction", "timestep", "model", "mean", "std", "min", "max", "n")
 
 
-_STYLE = """
+PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 h3 { font-size: 1em; margin-bottom: .3em; }
@@ -72,23 +72,13 @@ def write_curves_csv(curves: Sequence[Curve], path: str | Path) -> Path:
 def write_curves_json(curves: Sequence[Curve], path: str | Path, metric: Mapping[str, Any], **extra: Any) -> Path:
     """`{"metric": ..., "curves": [...], **extra}` (NaN written as null)."""
     data = {"metric": dict(metric), "curves": [curve.to_dict() for curve in curves], **extra}
-    return write_json_atomic(_clean(data), path)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+    return write_json_atomic(finite_or_none(data), path)
 
 
 def render_index(title: str, summary: Sequence[tuple[str, str]], sections: Sequence[Section]) -> str:
     """The HTML text of the page."""
     e = escape
-    parts = page_start(title, _STYLE)
+    parts = page_start(title, PAGE_STYLE)
     if summary:
         parts.append("<table>")
         parts.extend(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary)
