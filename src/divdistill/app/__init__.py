@@ -19,8 +19,13 @@ from typing import Any
 
 INSTALL_HINT = 'The app needs Gradio: pip install "divdistill[app]"'
 
-_LAZY = {"AppState": "divdistill.app.state", "AppSampling": "divdistill.app.state", "build_app": "divdistill.app.layout",
-         "launch": "divdistill.app.layout", "require_gradio": "divdistill.app.layout"}  # fmt: skip
+_LAZY = {
+    "AppState": "divdistill.app.state",
+    "AppSampling": "divdistill.app.state",
+    "build_app": "divdistill.app.layout",
+    "launch": "divdistill.app.layout",
+    "require_gradio": "divdistill.app.layout",
+}
 __all__ = sorted([*_LAZY, "INSTALL_HINT"])
 
 

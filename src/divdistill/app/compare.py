@@ -70,7 +70,8 @@ class VariantResult:
         return sum(s.seconds for s in self.samples) / len(self.samples)
 
     def caption(self) -> str:
-        value = "n/a" if self.diversity is None or not math.isfinite(self.diversity.value) else f"{self.diversity.value:.3f}"
+        d = self.diversity
+        value = f"{d.value:.3f}" if d is not None and math.isfinite(d.value) else "n/a"
         return f"{self.variant.text} | diversity {value} | NFE {self.nfe:g} | {self.seconds_per_image:.3f} s/image"
 
     def grid(self, cell: int = 96) -> Any:
