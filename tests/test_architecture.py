@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
 )  # fmt: skip
 #: Modules that are commands (they may build and parse argv); everything else is library.
-COMMAND_MODULES = ("divdistill.cli", "divdistill.pocket.cli", "divdistill.pocket.train_all")
+COMMAND_MODULES = ("divdistill.cli",)
 
 MAX_LINES = 420
 GRAPH = build()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from divdistill.pocket import cli
+from divdistill.cli import pocket as cli
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -41,3 +41,12 @@ def test_info_lists_the_three_models(capsys):
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"base", "distilled", "evaluator"}
+
+
+def test_train_all_is_a_pocket_subcommand_whose_profiles_are_the_trainers() -> None:
+    """`divdistill pocket train-all` (formerly `python -m divdistill.pocket.train_all`) offers exactly the
+    trainer's profiles, without importing torch to list them."""
+    from divdistill.cli.pocket import PROFILE_NAMES
+    from divdistill.pocket.train_all import PROFILES
+
+    assert tuple(sorted(PROFILES)) == PROFILE_NAMES

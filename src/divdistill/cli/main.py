@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from divdistill.cli import CLIError, control, demo, evaluate, generate, slider, trace
-from divdistill.pocket import cli as pocket_cli
+from divdistill.cli import pocket as pocket_cli
 
 #: `load_pipeline(args, device, dtype) -> pipeline`: how a command loads the pair its arguments name.
 PipelineLoader = Callable[[argparse.Namespace, Any, Any], Any]

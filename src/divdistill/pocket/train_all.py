@@ -1,8 +1,10 @@
 """Train the whole pocket set in sequence (evaluator, base, distilled) and write the folders that ship.
 
-    python -m divdistill.pocket.train_all --profile gpu --device cuda --out pocket-runs
-    python -m divdistill.pocket.train_all --profile cpu --out pocket-runs          # the 2-core fallback
-    python -m divdistill.pocket.train_all --benchmark 20 --device cuda             # seconds per step only
+    divdistill pocket train-all --profile gpu --device cuda --out pocket-runs
+    divdistill pocket train-all --profile cpu --out pocket-runs          # the 2-core fallback
+    divdistill pocket train-all --benchmark 20 --device cuda             # seconds per step only
+
+(`train_all(out, profile=..., ...)` below is the Python API; the command is `divdistill.cli.pocket`.)
 
 Each model trains in its own work folder under --out (checkpoints, loss logs; rerun with --resume after an
 interruption), and the finished models are copied to `--out/ship/{evaluator,base,distilled}`; `--install` also
@@ -13,11 +15,9 @@ evaluator's accuracy and the shipped sizes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from divdistill.pocket.distill import DistillConfig, Distiller
-from divdistill.pocket.models import PocketConfig, count_parameters
+from divdistill.pocket.models import count_parameters
 from divdistill.pocket.train_base import BaseTrainConfig, BaseTrainer
 from divdistill.pocket.train_evaluator import EvaluatorTrainConfig, EvaluatorTrainer
-from divdistill.pocket.training import seconds_per_step, set_threads, training_device
+from divdistill.pocket.training import seconds_per_step, training_device
 
 #: Step counts and batch sizes per profile. "gpu": about 4 minutes of training on one H200 (measured seconds per
 #: step: evaluator 0.019, VAE 0.040, base 0.076, distillation 0.131); "cpu": about 51 minutes on 2 shared cores
@@ -197,97 +197,3 @@ def estimate(profile: str, per_step: dict[str, float]) -> dict[str, float]:
         "diffusion": settings["base"]["steps"] * per_step["diffusion"],
         "distill": settings["distilled"]["steps"] * per_step["distill"],
     }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m divdistill.pocket.train_all", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="pocket-runs", help="work folder (default: pocket-runs)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default=None, help="step counts (default: by device)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--schedule",
-        choices=("shift", "ztsnr"),
-        default="shift",
-        help="base noise schedule: SDXL's with its SNR shifted by --snr-shift (default), or made zero-terminal-SNR "
-        "first (the ablation; its shift defaults to 256)",
-    )
-    parser.add_argument("--snr-shift", type=float, default=None, help="SNR multiplier (default 16; 256 for ztsnr)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    parser.add_argument("--install", action="store_true", help="copy the finished models into the package")
-    parser.add_argument("--only", nargs="+", choices=["evaluator", "base", "distilled"], default=None)
-    parser.add_argument("--evaluator-steps", type=int)
-    parser.add_argument("--vae-steps", type=int)
-    parser.add_argument("--base-steps", type=int)
-    parser.add_argument("--distill-steps", type=int)
-    parser.add_argument("--benchmark", type=int, metavar="N", help="only time N steps of every phase and exit")
-    parser.add_argument(
-        "--fit-seconds",
-        type=float,
-        metavar="S",
-        help="time a few steps first, then scale the profile's step counts (those not given) to take about S "
-        "seconds of training in all; the counts used are printed and recorded in train_summary.json",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    set_threads(args.threads)
-    device = training_device(args.device)
-    profile = args.profile or ("gpu" if device.type == "cuda" else "cpu")
-    if args.benchmark:
-        per_step = benchmark(args.benchmark, profile, device)
-        total = estimate(profile, per_step)
-        print(
-            json.dumps(
-                {
-                    "profile": profile,
-                    "seconds_per_step": per_step,
-                    "estimated_seconds": total,
-                    "estimated_total": sum(total.values()),
-                },
-                indent=2,
-            )
-        )
-        return 0
-    overrides: dict[str, dict[str, Any]] = {"evaluator": {}, "base": {}, "distilled": {}}
-    if args.schedule == "ztsnr" or args.snr_shift is not None:
-        ztsnr = args.schedule == "ztsnr"
-        shift = args.snr_shift if args.snr_shift is not None else (256.0 if ztsnr else PocketConfig().snr_shift)
-        overrides["base"]["model"] = PocketConfig(zero_terminal_snr=ztsnr, snr_shift=shift)
-    for value, model, key in (
-        (args.evaluator_steps, "evaluator", "steps"),
-        (args.vae_steps, "base", "vae_steps"),
-        (args.base_steps, "base", "steps"),
-        (args.distill_steps, "distilled", "steps"),
-    ):
-        if value is not None:
-            overrides[model][key] = value
-    if args.fit_seconds:
-        per_step = benchmark(10, profile, device)
-        estimated = estimate(profile, per_step)
-        factor = args.fit_seconds / sum(estimated.values())
-        keys = (("evaluator", "steps"), ("base", "vae_steps"), ("base", "steps"), ("distilled", "steps"))
-        for model, key in keys:
-            overrides[model].setdefault(key, max(10, int(round(PROFILES[profile][model][key] * factor, -1))))
-        print(json.dumps({"seconds_per_step": per_step, "scale": factor, "steps": overrides}, indent=2), flush=True)
-    summary = train_all(
-        args.out,
-        profile=profile,
-        device=device,
-        seed=args.seed,
-        resume=args.resume,
-        install=args.install,
-        overrides=overrides,
-        only=args.only or ("evaluator", "base", "distilled"),
-        quiet=args.quiet,
-    )
-    print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The shipped pocket pair (`base/`, `distilled/`: diffusers folders) and evaluator (`evaluator/`).
 
-`divdistill pocket train ...` (or `python -m divdistill.pocket.train_all --install`) writes them here.
+`divdistill pocket train ...` (or `divdistill pocket train-all --install`) writes them here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def weights_dir(name: str) -> Path:
         raise FileNotFoundError(
             f"The pocket {name} weights are not installed at {folder}. Train them with "
             f"`divdistill pocket train {'distilled' if name == 'distilled' else name}` and install them, or run "
-            "`python -m divdistill.pocket.train_all --install`."
+            "`divdistill pocket train-all --install`."
         )
     return folder
 
