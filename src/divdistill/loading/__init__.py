@@ -27,8 +27,11 @@ from divdistill.loading.components import (
     network_from_state_dict,
 )
 from divdistill.loading.hub import WeightsNotFoundError, check_preset_weights, exists, from_pretrained, resolve_file
+from divdistill.loading.student import StudentLoraMismatchError, load_base, load_student, student_lora_file
 from divdistill.pipeline import HybridPipeline
-from divdistill.presets import get_preset
+from divdistill.pipeline.stages import fresh_scheduler
+from divdistill.pipeline.student import student_states
+from divdistill.presets import Preset, get_preset
 
 
 def load_preset(
@@ -50,6 +53,8 @@ def load_preset(
     if device is not None:
         check_device(device)  # before minutes of loading
     check_preset_weights(preset, num_inference_steps, cache_dir)
+    if preset.lora_files:
+        return _lora_preset(preset, dtype, device, cache_dir, num_inference_steps, variant, overrides)
     family = get_family(preset.family)
     pipeline_class, _ = family.diffusers_classes()
     base_kwargs: dict[str, Any] = {"cache_dir": cache_dir, **diffusers_dtype(dtype)}
@@ -137,6 +142,66 @@ def load_pair(
     return _placed(HybridPipeline(base_pipe, distilled_pipe, defaults=defaults or SamplingDefaults()), device)
 
 
+def load_lora_pair(
+    base: str,
+    student_lora: str,
+    scheduler: str | None = None,
+    lora_scale: float = 1.0,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | None = None,
+    defaults: SamplingDefaults | None = None,
+    base_config: str | None = None,
+    scheduler_overrides: dict[str, Any] | None = None,
+    name: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+    **base_kwargs: Any,
+) -> HybridPipeline:
+    """A one-network pair: `base` (diffusers folder, repo id, or single-file checkpoint with configs from
+    `base_config`) whose distilled model is the same network with the student LoRA `student_lora` (FILE, FOLDER,
+    REPO or REPO:weight_name) enabled at `lora_scale`.
+
+    `scheduler` (a short name of SCHEDULERS, or "repo": the base's own) is the student's; without one, LCM for
+    UNet families (what most UNet student LoRAs sample with) and the base's own scheduler elsewhere (FLUX's flow
+    matching). A LoRA that does not fit the base raises StudentLoraMismatchError listing every layer that does not,
+    before anything is sampled.
+    """
+    dtype = dtype_argument(dtype, torch_dtype)
+    if device is not None:
+        check_device(device)  # before minutes of loading
+    base_pipe = load_base(base, cache_dir, {**diffusers_dtype(dtype), **base_kwargs}, base_config)
+    family = family_of(base_pipe)
+    load_student(base_pipe, student_lora, cache_dir)
+    if scheduler is None:
+        scheduler = "lcm" if family.network_component == "unet" else "repo"
+    if scheduler == "repo":
+        student_scheduler = fresh_scheduler(base_pipe.scheduler)
+    else:
+        student_scheduler = make_scheduler(scheduler, base_pipe.scheduler.config, scheduler_overrides)
+    distilled = assemble(type(base_pipe), base_pipe, {**base_pipe.components, "scheduler": student_scheduler})
+    states = student_states(lora_scale)
+    pipe = HybridPipeline(base_pipe, distilled, defaults or SamplingDefaults(), name=name, adapter_states=states)
+    return _placed(pipe, device)
+
+
+def _lora_preset(preset: Preset, dtype, device, cache_dir, steps: int | None, variant, overrides) -> HybridPipeline:
+    """A preset whose student is a LoRA (`Preset.lora_files`): the file for the step count, on its scheduler."""
+    filename = preset.lora_file(steps)
+    return load_lora_pair(
+        preset.base_repo,
+        f"{preset.distilled_repo}:{filename}",
+        scheduler=preset.scheduler_for(steps),
+        lora_scale=preset.lora_scale,
+        dtype=dtype,
+        device=device,
+        cache_dir=cache_dir,
+        defaults=preset.defaults_for(steps).updated(**overrides),
+        scheduler_overrides=preset.scheduler_overrides,
+        name=preset.name,
+        **({"variant": variant} if variant else {}),
+    )
+
+
 def _placed(pipe: HybridPipeline, device: str | torch.device | None) -> HybridPipeline:
     return pipe.to(device) if device is not None else pipe
 
@@ -147,6 +212,7 @@ class PairLoader:
 
     from_preset = staticmethod(load_preset)
     from_pretrained = staticmethod(load_pair)
+    from_lora = staticmethod(load_lora_pair)
 
 
 #: The object the `divdistill.loaders` entry point names.
@@ -157,12 +223,14 @@ __all__ = [
     "LOADER",
     "SCHEDULERS",
     "PairLoader",
+    "StudentLoraMismatchError",
     "WeightsNotFoundError",
     "assemble",
     "check_preset_weights",
     "diffusers_dtype",
     "dtype_argument",
     "load_distilled_network",
+    "load_lora_pair",
     "load_pair",
     "load_preset",
     "load_repo_scheduler",
@@ -170,4 +238,5 @@ __all__ = [
     "make_scheduler",
     "network_from_state_dict",
     "resolve_file",
+    "student_lora_file",
 ]

@@ -71,7 +71,7 @@ def preset_needs(preset: Preset, num_inference_steps: int | None) -> list[tuple[
     (None: the whole repo).
     """
     needs: list[tuple[str, str, str | None]] = [(preset.base_repo, "model_index.json", None)]
-    filename = preset.unet_file(num_inference_steps)
+    filename = preset.unet_file(num_inference_steps) or preset.lora_file(num_inference_steps)
     if filename is not None:
         needs.append((preset.distilled_repo, filename, filename))
     elif preset.network_subfolder:
@@ -79,7 +79,7 @@ def preset_needs(preset: Preset, num_inference_steps: int | None) -> list[tuple[
         needs.append((preset.distilled_repo, f"{sub}/config.json", f'--include "{sub}/*"'))
     else:
         needs.append((preset.distilled_repo, "config.json", None))
-    if preset.scheduler == "repo":
+    if preset.scheduler == "repo" and not preset.lora_files:  # a LoRA student's "repo" scheduler is the base's
         needs.append((preset.distilled_repo, "scheduler/scheduler_config.json", '--include "scheduler/*"'))
     return needs
 

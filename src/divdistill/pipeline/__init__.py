@@ -27,6 +27,7 @@ from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
 from divdistill.pipeline.loader import pair_loader
 from divdistill.pipeline.stages import StagePlan, fresh_scheduler, plan_stages, run_segments
+from divdistill.pipeline.student import AdapterStates
 from divdistill.recording import TrajectoryRecorder, chain_callbacks
 from divdistill.sampling import Stage, StepCallback, sample
 from divdistill.schedule import Segment, parse_segments
@@ -46,10 +47,21 @@ class HybridPipeline:
         scheduler is the shared schedule; the base pipeline's scheduler is used for the base's own schedule.
     defaults:
         Sampling defaults for this pair (steps, timesteps, guidance, resolution); presets fill these.
+    adapter_states:
+        Which PEFT adapters are active on each model's network while its segments run (`divdistill.pipeline.
+        student`): a LoRA-student pair is one network, the student adapter off for the base, on for the distilled.
     """
 
-    def __init__(self, base: Any, distilled: Any, defaults: SamplingDefaults | None = None, name: str | None = None):
+    def __init__(
+        self,
+        base: Any,
+        distilled: Any,
+        defaults: SamplingDefaults | None = None,
+        name: str | None = None,
+        adapter_states: AdapterStates | None = None,
+    ):
         self.base = base
+        self.adapter_states = adapter_states
         self.distilled = distilled
         self.family = family_of(distilled)
         base_family = family_of(base)
@@ -80,6 +92,13 @@ class HybridPipeline:
         """Load any pair from paths or repo ids (optionally a raw distilled UNet file and a scheduler;
         `divdistill.loading.load_pair`)."""
         return pair_loader().from_pretrained(base, distilled, **kwargs)
+
+    @classmethod
+    def from_lora(cls, base: str, student_lora: str, **kwargs: Any) -> HybridPipeline:
+        """A one-network pair: `base` (folder, repo id or single-file checkpoint) whose distilled model is the same
+        network with the student LoRA `student_lora` (FILE, folder or REPO[:weight_name]) enabled
+        (`divdistill.loading.load_lora_pair`)."""
+        return pair_loader().from_lora(base, student_lora, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- devices
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> HybridPipeline:
@@ -114,6 +133,8 @@ class HybridPipeline:
     def _activate(self, part: str) -> None:
         if self.offload is not None:
             self.offload.activate(part)
+        if self.adapter_states is not None and part in ("base", "distilled"):
+            self.adapter_states.apply(self.family.network(self.pipeline_for(part)), part)
 
     def decode_latents(self, latents: torch.Tensor, output_type: str = "pil") -> Any:
         """Decode final (or x0-hat) latents with the distilled pipeline's VAE, as its diffusers pipeline does."""

@@ -17,11 +17,14 @@ NAME = "pairs"
 
 
 class PairLoader(Protocol):
-    """What a loader gives: `from_preset(name, **kwargs)` and `from_pretrained(base, distilled, **kwargs)`."""
+    """What a loader gives: `from_preset(name, **kwargs)`, `from_pretrained(base, distilled, **kwargs)` and
+    `from_lora(base, student_lora, **kwargs)`."""
 
     def from_preset(self, name: str, **kwargs: Any) -> Any: ...
 
     def from_pretrained(self, base: str, distilled: str, **kwargs: Any) -> Any: ...
+
+    def from_lora(self, base: str, student_lora: str, **kwargs: Any) -> Any: ...
 
 
 @functools.cache
