@@ -12,7 +12,6 @@ pipeline is the base's components with the student's scheduler: the same network
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -57,11 +56,11 @@ def student_lora_file(source: str, cache_dir: str | None = None) -> Path:
     return resolve_file(repo, weight_name or DEFAULT_WEIGHT_NAME, cache_dir)
 
 
-def read_student(pipeline_class: Any, path: Path, network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA's tensors as diffusers converts them for `pipeline_class` (network-prefixed keys)."""
+def read_student(pipeline_class: Any, path: Path, network: torch.nn.Module, family: Family) -> dict:
+    """The LoRA's tensors as diffusers converts them for `pipeline_class` (network-prefixed keys), with the UNet
+    config as `load_lora_weights` passes it (kohya-sgm block names map by the config's layers per block)."""
     kwargs: dict[str, Any] = {}
-    params = inspect.signature(pipeline_class.lora_state_dict).parameters
-    if "unet_config" in params:
+    if family.network_component == "unet":
         kwargs["unet_config"] = network.config
     try:
         state = pipeline_class.lora_state_dict(str(path), **kwargs)
@@ -117,14 +116,15 @@ def load_student(pipe: Any, source: str, cache_dir: str | None = None) -> Path:
     if not hasattr(pipe, "load_lora_weights"):
         raise StudentLoraMismatchError(f"diffusers' {type(pipe).__name__} does not load LoRAs; no student LoRA here")
     path = student_lora_file(source, cache_dir)
-    state = read_student(type(pipe), path, network)
+    state = read_student(type(pipe), path, network, family)
     layers, problems = student_problems(family, network, state)
     if not layers:
         problems.insert(0, f"no {family.network_label} LoRA layer at all")
     if problems:
         raise StudentLoraMismatchError(
             f"the student LoRA {path.name} does not fit the base {family.network_label} ({family.name}): "
-            f"{len(problems)} problems: {'; '.join(problems[:40])}. Use a student LoRA made for this base family."
+            f"{len(problems)} problems: {'; '.join(problems[:12])}{'; ...' if len(problems) > 12 else ''}. "
+            "Use a student LoRA made for this base model's family."
         )
     from diffusers.utils import logging as diffusers_logging
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from divdistill.testing.lora_students import PUBLISHED, write_student_repos
 from divdistill.testing.tiny import (
     SD21_BASE_SCHEDULER_CONFIG,
     SDXL_BASE_SCHEDULER_CONFIG,
@@ -74,6 +75,7 @@ SD35_LARGE = "stabilityai/stable-diffusion-3.5-large"
 SD35_TURBO = "stabilityai/stable-diffusion-3.5-large-turbo"
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
+SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 #: Every repo :func:`build_offline_hub` writes, with what it holds.
 HUB_REPOS: dict[str, str] = {
@@ -90,6 +92,8 @@ HUB_REPOS: dict[str, str] = {
     SD35_TURBO: "full StableDiffusion3Pipeline, perturbed transformer",
     FLUX_DEV: "full FluxPipeline, guidance-embedding transformer, resolution-dependent shift",
     FLUX_SCHNELL: "full FluxPipeline, transformer without guidance embedding, no shift",
+    SD15_BASE: "full StableDiffusionPipeline (the tiny SD components; base of the SD 1.5 LoRA students)",
+    **{repo: "student LoRAs: " + ", ".join(files) for repo, files in PUBLISHED.items()},
 }
 
 DMD2_FILES = ("dmd2_sdxl_4step_unet_fp16.bin", "dmd2_sdxl_1step_unet_fp16.bin")
@@ -279,6 +283,8 @@ def _write_all_repos(cache_dir: Path, seed: int, fp16_variants: bool) -> dict[st
     snapshots: dict[str, Path] = {}
 
     # --- SDXL base ------------------------------------------------------------------------------------
+    from divdistill.testing.tiny_dit import tiny_flux_components
+
     sdxl = tiny_sdxl_components(seed)
     snap = snapshots[SDXL_BASE] = repo_snapshot_dir(cache_dir, SDXL_BASE)
     _save_pipeline(StableDiffusionXLPipeline(**sdxl), snap, fp16_variants)
@@ -328,7 +334,12 @@ def _write_all_repos(cache_dir: Path, seed: int, fp16_variants: bool) -> dict[st
     }
     _save_pipeline(StableDiffusionPipeline(**sd_turbo), snap, fp16_variants)
 
+    snap = snapshots[SD15_BASE] = repo_snapshot_dir(cache_dir, SD15_BASE)
+    _save_pipeline(StableDiffusionPipeline(**sd), snap, fp16_variants)
+
     _write_transformer_repos(cache_dir, seed, fp16_variants, snapshots)
+    networks = {"sdxl": base_unet, "sd": sd["unet"], "flux": tiny_flux_components(seed)["transformer"]}
+    write_student_repos(cache_dir, seed, snapshots, networks, repo_snapshot_dir)
     return snapshots
 
 
