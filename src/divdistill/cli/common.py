@@ -17,7 +17,7 @@ from divdistill.cli import CLIError
 if TYPE_CHECKING:
     import torch
 
-    from divdistill.jobs import ModelSettings
+    from divdistill.jobs import ModelSettings, SamplingSettings
     from divdistill.pipeline import HybridPipeline
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -255,6 +255,25 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         return ModelSettings(preset=args.preset)
     return ModelSettings(base=args.base, distilled=args.distilled, distilled_unet=args.distilled_unet,
                          scheduler=args.scheduler)  # fmt: skip
+
+
+def sampling_settings_of(args: argparse.Namespace, **variant: Any) -> SamplingSettings:
+    """The sampling settings `add_sampling_arguments` gives every model command (unset: the pair's defaults),
+    with `variant`'s fields (mode, base_steps, ...) where the command has them."""
+    from divdistill.jobs import SamplingSettings
+
+    return SamplingSettings(
+        num_inference_steps=args.steps,
+        timesteps=None if args.timesteps is None else tuple(args.timesteps),
+        guidance_scale=args.guidance_scale,
+        base_guidance_scale=args.base_guidance_scale,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        guidance_rescale=args.guidance_rescale,
+        resolution_binning=args.resolution_binning,
+        **variant,
+    )
 
 
 def model_request(args: argparse.Namespace) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from divdistill.cli.common import (
     non_negative_int,
     positive_int,
     resolve_dtype,
+    sampling_settings_of,
     seed_number,
 )
 from divdistill.devices import process_state, resolve_device
@@ -65,7 +66,6 @@ from divdistill.jobs import (
     JobError,
     LazyPipeline,
     RunOptions,
-    SamplingSettings,
     check_seed_range,
     read_prompts_csv,
 )
@@ -220,17 +220,7 @@ def prompts_file(args: argparse.Namespace, out: Path) -> Path:
 
 def generation_settings(args: argparse.Namespace, dtype_name: str) -> GenerationSettings:
     """The settings every variant shares (each replaces the sampling variant; see `divdistill.evaluation.variants`)."""
-    sampling = SamplingSettings(
-        num_inference_steps=args.steps,
-        timesteps=None if args.timesteps is None else tuple(args.timesteps),
-        guidance_scale=args.guidance_scale,
-        base_guidance_scale=args.base_guidance_scale,
-        negative_prompt=args.negative_prompt,
-        height=args.height,
-        width=args.width,
-        guidance_rescale=args.guidance_rescale,
-        resolution_binning=args.resolution_binning,
-    )
+    sampling = sampling_settings_of(args)
     return GenerationSettings(model=model_settings(args), dtype=dtype_name, num_images=args.seeds_per_prompt,
                               seed=args.seed, sampling=sampling)  # fmt: skip
 

@@ -71,6 +71,7 @@ from divdistill.cli.common import (
     non_negative_int,
     positive_int,
     resolve_dtype,
+    sampling_settings_of,
     seed_number,
 )
 from divdistill.devices import process_state, resolve_device
@@ -203,22 +204,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     """The pipeline call's sampling settings the arguments give (unset: the pair's defaults)."""
-    sampling = SamplingSettings(
+    sampling = sampling_settings_of(
+        args,
         mode=args.mode,
         base_steps=args.base_steps,
         base_schedule=args.base_schedule,
         base_num_inference_steps=args.base_num_inference_steps,
         segments=args.segments,
         skip_first_steps=args.skip_first_steps or 0,
-        num_inference_steps=args.steps,
-        timesteps=None if args.timesteps is None else tuple(args.timesteps),
-        guidance_scale=args.guidance_scale,
-        base_guidance_scale=args.base_guidance_scale,
-        negative_prompt=args.negative_prompt,
-        height=args.height,
-        width=args.width,
-        guidance_rescale=args.guidance_rescale,
-        resolution_binning=args.resolution_binning,
     )
     return sampling if args.variant is None else sampling.with_variant(parse_variant(args.variant))
 
