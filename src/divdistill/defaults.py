@@ -23,6 +23,7 @@ class SamplingDefaults:
     guidance_rescale: float = 0.0  # CFG rescale (Lin et al. 2024); for zero-terminal-SNR models, e.g. 0.7
     max_sequence_length: int | None = None  # T5 prompt length (PixArt, SD3, FLUX); None = the pipeline's default
     resolution_binning: bool = False  # PixArt: sample at the nearest trained aspect-ratio bin, resize back
+    switch_threshold: float | None = None  # the adaptive switch's default (divdistill.diversity.derive_threshold)
 
     def updated(self, **overrides: Any) -> SamplingDefaults:
         """A copy with the non-None overrides applied."""

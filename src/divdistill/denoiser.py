@@ -49,9 +49,20 @@ class GuidedDenoiser:
         return 2 if self.guided else 1
 
     def __call__(self, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([model_input, model_input]) if self.guided else model_input
-        output = self.family.forward(self.network, x, t, self._inputs)
-        if self.guided:
+        return self.run(model_input, t, self._inputs, self.guided)
+
+    def inputs_for(self, conditioning: Conditioning, guided: bool) -> NetworkInputs:
+        """The network inputs of another conditioning of this batch (`divdistill.diversity`: CADS's annealed
+        prompt, interval guidance's conditional-only steps); the guidance embedding stays this call's."""
+        hidden, added = conditioning.network_inputs(guided)
+        extra = conditioning.extra
+        return NetworkInputs(hidden, added, extra, self._inputs.guidance, self.cross_attention_kwargs)
+
+    def run(self, model_input: torch.Tensor, t: torch.Tensor, inputs: NetworkInputs, guided: bool) -> torch.Tensor:
+        """One step with these inputs; `guided` runs both branches and combines them at `guidance_scale`."""
+        x = torch.cat([model_input, model_input]) if guided else model_input
+        output = self.family.forward(self.network, x, t, inputs)
+        if guided:
             uncond, cond = output.chunk(2)
             output = uncond + self.guidance_scale * (cond - uncond)
             if self.guidance_rescale > 0:

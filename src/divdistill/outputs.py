@@ -25,7 +25,11 @@ class HybridPipelineOutput:
     trajectory: Any = None
 
     @property
-    def nfe(self) -> int:
+    def nfe(self) -> float:
+        """Per image; the adaptive switch's images differ, so theirs is the mean (`divdistill.diversity`)."""
+        per_image = self.settings.get("adaptive", {}).get("nfe_per_image")
+        if per_image:
+            return sum(per_image) / len(per_image)
         return sum(record.nfe for record in self.steps)
 
     @property

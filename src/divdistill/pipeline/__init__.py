@@ -22,6 +22,7 @@ from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.defaults import SamplingDefaults
 from divdistill.denoiser import GuidedDenoiser
 from divdistill.devices import check_device
+from divdistill.diversity.session import DiversityOptions, DiversitySession
 from divdistill.families import FAMILIES, PairMismatchError, family_of
 from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
@@ -29,7 +30,7 @@ from divdistill.pipeline.loader import pair_loader
 from divdistill.pipeline.stages import StagePlan, fresh_scheduler, plan_stages, run_segments
 from divdistill.pipeline.student import AdapterStates
 from divdistill.recording import TrajectoryRecorder, chain_callbacks
-from divdistill.sampling import Stage, StepCallback, sample
+from divdistill.sampling import Stage, StepCallback
 from divdistill.schedule import Segment, parse_segments
 
 quiet.install()  # known-harmless diffusers/transformers notices, filtered narrowly (see divdistill.quiet)
@@ -185,6 +186,7 @@ class HybridPipeline:
         callback: StepCallback | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
         denoiser_hooks: dict[str, Callable[[GuidedDenoiser], GuidedDenoiser]] | None = None,
+        diversity: str | DiversityOptions | None = None,
         return_dict: bool = True,
         return_trajectory: bool = False,
     ) -> HybridPipelineOutput | tuple:
@@ -203,6 +205,7 @@ class HybridPipeline:
         latents: initial unit-Gaussian noise of shape (batch, channels, height / f, width / f), in every family
             (FLUX too: divdistill packs FLUX latents only around the transformer call, so its latents, x0-hat and
             `output_type="latent"` results are (B, C, H, W), not FluxPipeline's packed tokens).
+        diversity: training-free diversity methods, e.g. "cads@0.1+interval" (`divdistill.diversity`).
         callback: called after every step with a `StepInfo` (x_t, x0-hat, model, timestep).
         return_trajectory: also record every step's x_t and x0-hat (CPU copies) as `output.trajectory`
             (a `divdistill.trajectory.Trajectory`; with return_dict=False the tuple is (images, trajectory)).
@@ -261,7 +264,8 @@ class HybridPipeline:
             self.distilled, height, width, settings.resolution_binning
         )
 
-        plan = run_segments(settings, segments, skip_first_steps)
+        methods = DiversitySession.start(diversity, prompts, num_images_per_prompt, generator, denoiser_hooks, self)
+        plan = methods.plan(run_segments(settings, segments, skip_first_steps), settings, segments, skip_first_steps)
         alone = segments is None and settings.mode == "base"
         device = self.device
         batch = len(prompts) * num_images_per_prompt
@@ -280,7 +284,7 @@ class HybridPipeline:
         )
         conditioning = self._encode(request, planned)
         dtype = next(iter(conditioning.values())).hidden_states.dtype
-        stages = []
+        stages, raw = [], []
         for stage_plan in planned:
             model, scale = stage_plan.model, stage_plan.guidance_scale
             pipe = self.pipeline_for(model)
@@ -295,12 +299,11 @@ class HybridPipeline:
                 cross_attention_kwargs=cross_attention_kwargs,
                 guidance_rescale=settings.guidance_rescale,
             )
-            if denoiser_hooks and model in denoiser_hooks:
-                denoiser = denoiser_hooks[model](denoiser)
+            raw.append(denoiser)
+            denoiser = methods.prepare(denoiser, stage_plan.scheduler, self.family.convention.name)
             stages.append(Stage(model, denoiser, stage_plan.scheduler, stage_plan.timesteps, self.family.convention))
 
-        first = stages[0]
-        latents = self._initial_latents(shape, first, skip_first_steps, generator, latents, dtype, device)
+        noise = self._noise(shape, generator, latents, dtype, device)
 
         total = sum(len(s.timesteps) for s in stages)
         recorder = None
@@ -308,13 +311,9 @@ class HybridPipeline:
             recorder = TrajectoryRecorder()
             callback = chain_callbacks(callback, recorder)
         with tqdm(total=total, **{"desc": "sampling", "leave": False, **self.progress_bar_config}) as progress:
-            latents, records = sample(
-                latents,
-                stages,
-                generator=generator,
-                callback=callback,
-                progress=progress,
-                before_stage=lambda stage: self._activate(stage.model),
+            activate = lambda stage: self._activate(stage.model)  # noqa: E731
+            latents, records = methods.sample(
+                noise, stages, raw, skip_first_steps, generator, callback, progress, activate
             )
 
         last_pipe = self.pipeline_for(stages[-1].model)
@@ -343,6 +342,7 @@ class HybridPipeline:
                 "guidance_rescale": settings.guidance_rescale,
                 "resolution_binning": settings.resolution_binning,
                 "skip_first_steps": skip_first_steps,
+                **methods.settings(),
                 "height": height,
                 "width": width,
                 "num_images_per_prompt": num_images_per_prompt,
@@ -377,15 +377,14 @@ class HybridPipeline:
             return dict.fromkeys(needs_negative, encoded)
         return {model: encode(self.pipeline_for(model), negative) for model, negative in needs_negative.items()}
 
-    def _initial_latents(self, shape, first: Stage, skip: int, generator, latents, dtype, device):
-        """x_T as diffusers draws it; with skipped steps, pure noise scaled to the first timestep's convention."""
+    def _noise(self, shape, generator, latents, dtype, device):
+        """Unit-Gaussian x_T noise as diffusers draws it (the first stage's convention scales it; with skipped
+        steps, pure noise at the first timestep: `DiversitySession.sample`)."""
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            if tuple(latents.shape) != tuple(shape):
-                raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
-            latents = latents.to(device=device, dtype=dtype)
-        return first.convention.initial_latents(first.scheduler, latents, first.timesteps[0], skipped=skip > 0)
+            return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+        return latents.to(device=device, dtype=dtype)
 
 
 def _requested(segments, plan: tuple[Segment, ...]) -> list[str] | None:
