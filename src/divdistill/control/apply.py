@@ -143,12 +143,11 @@ class GatedDenoiser:
         now = self.owner.active(self.model, float(t))
         if len(now) == len(full):
             return self.inner(model_input, t)
-        unet = self.owner.unet(self.model)
-        activate(unet, now)
+        self.owner.set_state(self.model, now)
         try:
             return self.inner(model_input, t)
         finally:
-            activate(unet, full)
+            self.owner.set_state(self.model, full)
 
 
 class AdaptedPipeline:
@@ -279,11 +278,27 @@ class AdaptedPipeline:
 
     # ------------------------------------------------------------------------------------------- running
     def sync(self) -> None:
-        """Set every UNet's active adapters and weights from the records (done before each call, too)."""
+        """Set every UNet's active adapters and weights from the records (done before each call, too).
+
+        A pair with adapter states (a LoRA student: one network, `divdistill.pipeline.student`) gets the records as
+        its `added` adapters per model, on top of its own (the student on the distilled steps): the pipeline sets
+        each model's state before its segments run."""
+        states = getattr(self.pipe, "adapter_states", None)
+        if states is not None:
+            states.added = {model: {a.name: float(a.scale) for a in self.active(model)} for model in MODELS}
+            return
         for model in MODELS:
             unet = self.unet(model)
             if getattr(unet, "peft_config", None) and any(model in a.models for a in self._adapters.values()):
                 activate(unet, self.active(model))
+
+    def set_state(self, model: str, adapters: list[AppliedAdapter]) -> None:
+        """Make exactly `adapters` (and the pair's own adapters, e.g. a student) active on `model`'s network."""
+        states = getattr(self.pipe, "adapter_states", None)
+        if states is not None:
+            states.apply(self.unet(model), model, {a.name: float(a.scale) for a in adapters})
+        else:
+            activate(self.unet(model), adapters)
 
     def denoiser_hooks(self) -> dict[str, Callable[[Any], Any]]:
         """`HybridPipeline` denoiser hooks applying the start timesteps (empty when no adapter has one)."""

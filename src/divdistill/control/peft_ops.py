@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+import divdistill.pipeline.student as student
 
-def has_mixin(model: torch.nn.Module) -> bool:
-    return hasattr(model, "load_lora_adapter")
+has_mixin = student.has_mixin
 
 
 def load_adapter(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], config: dict[str, Any], name: str):
@@ -35,25 +35,13 @@ def load_adapter(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], co
 
 
 def set_active(model: torch.nn.Module, names: list[str], weights: list[float]) -> None:
-    """Exactly `names` active with `weights`; adapters enabled."""
-    if has_mixin(model):
-        model.set_adapters(names, weights)
-        model.enable_adapters()
-        return
-    from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
-
-    set_weights_and_activate_adapters(model, names, weights)
-    set_adapter_layers(model, enabled=True)
+    """Exactly `names` active with `weights`; adapters enabled (`divdistill.pipeline.student.set_active`)."""
+    student.set_active(model, dict(zip(names, weights, strict=True)))
 
 
 def disable(model: torch.nn.Module) -> None:
     """All adapter layers off: the bare model's outputs."""
-    if has_mixin(model):
-        model.disable_adapters()
-        return
-    from diffusers.utils.peft_utils import set_adapter_layers
-
-    set_adapter_layers(model, enabled=False)
+    student.set_active(model, {})
 
 
 def delete(model: torch.nn.Module, name: str) -> None:

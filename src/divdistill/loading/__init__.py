@@ -170,6 +170,22 @@ def load_lora_pair(
     if device is not None:
         check_device(device)  # before minutes of loading
     base_pipe = load_base(base, cache_dir, {**diffusers_dtype(dtype), **base_kwargs}, base_config)
+    pipe = lora_pair_from_pipeline(base_pipe, student_lora, scheduler, lora_scale, cache_dir, defaults,
+                                   scheduler_overrides, name)  # fmt: skip
+    return _placed(pipe, device)
+
+
+def lora_pair_from_pipeline(
+    base_pipe: Any,
+    student_lora: str,
+    scheduler: str | None = None,
+    lora_scale: float = 1.0,
+    cache_dir: str | None = None,
+    defaults: SamplingDefaults | None = None,
+    scheduler_overrides: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> HybridPipeline:
+    """`load_lora_pair` on an already built base diffusers pipeline (it gets the student adapter)."""
     family = family_of(base_pipe)
     load_student(base_pipe, student_lora, cache_dir)
     if scheduler is None:
@@ -180,8 +196,7 @@ def load_lora_pair(
         student_scheduler = make_scheduler(scheduler, base_pipe.scheduler.config, scheduler_overrides)
     distilled = assemble(type(base_pipe), base_pipe, {**base_pipe.components, "scheduler": student_scheduler})
     states = student_states(lora_scale)
-    pipe = HybridPipeline(base_pipe, distilled, defaults or SamplingDefaults(), name=name, adapter_states=states)
-    return _placed(pipe, device)
+    return HybridPipeline(base_pipe, distilled, defaults or SamplingDefaults(), name=name, adapter_states=states)
 
 
 def _lora_preset(preset: Preset, dtype, device, cache_dir, steps: int | None, variant, overrides) -> HybridPipeline:
@@ -235,6 +250,7 @@ __all__ = [
     "load_preset",
     "load_repo_scheduler",
     "load_state_dict_file",
+    "lora_pair_from_pipeline",
     "make_scheduler",
     "network_from_state_dict",
     "resolve_file",
