@@ -11,10 +11,17 @@ read and write these strings:
     hybrid:2             base for the first 2 steps;  hybrid:1@cfg0: base guidance 0 (the paper's ablations)
     hybrid:1@own         the base on its own finer schedule down to the hand-off (@steps50 sets its step count)
     reverse:1            distilled first, base for the last step (the paper's causal check)
+    adaptive             the adaptive switch point (`divdistill.diversity.adaptive`): the base on its own grid
+                         hands each sample off when its x0-hat has settled; @thr0.05 the threshold (@thrinf
+                         hands off at once: distilled; @thr0 at the last hand-off), @steps40 / @cfg2 the base's
     base:1@cfg2+distilled:3
                          an explicit segment list (`divdistill.schedule`'s grammar, segments joined by '+',
                          since ',' separates variants); a list ending with a base segment is completed by the
                          distilled model, so "base:1@own" is "hybrid:1@own"
+
+Diversity methods follow any of these after '+' (`divdistill.diversity.options`): `distilled+cads`,
+`hybrid:1+cads@0.1`, `base:1@cfg2+distilled:3+interval@hi3`, `adaptive+particle@20`. Segment parts always start
+with `base:`/`distilled:` and a digit, so a method name is never a segment.
 
 `hybrid` always means the shared schedule unless `@own` is written, whatever the pair's default, so one string is
 one variant on every pair. The folder of a variant is its text with ':' -> '-' and '@' -> '_' (`hybrid-1_cfg0`).
@@ -28,20 +35,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from divdistill.diversity.options import AdaptiveSwitch, DiversityOptions, is_method, parse_method
 from divdistill.schedule import Segment, parse_segments
 
-VariantKind = Literal["base", "distilled", "hybrid", "reverse", "segments"]
-KINDS: tuple[str, ...] = ("base", "distilled", "hybrid", "reverse")
+VariantKind = Literal["base", "distilled", "hybrid", "reverse", "adaptive", "segments"]
+KINDS: tuple[str, ...] = ("base", "distilled", "hybrid", "reverse", "adaptive")
 GRAMMAR = (
     "write base[@stepsN][@cfgX], distilled[@skipK], hybrid[:K][@own][@stepsN][@cfgX][@skipK], "
-    "reverse[:K][@cfgX][@skipK] or a segment list such as base:1@cfg2+distilled:3"
+    "reverse[:K][@cfgX][@skipK], adaptive[@thrX][@stepsN][@cfgX] or a segment list such as base:1@cfg2+distilled:3, "
+    "then any methods: +cads[@S], +interval[@loA][@hiB], +particle[@W]"
 )
 
-_NAMED = re.compile(r"^(base|distilled|hybrid|reverse)(?::(\d+))?((?:@[a-z]+[0-9.]*)*)$")
-_OPTION = re.compile(r"@([a-z]+)([0-9.]*)")
+_NAMED = re.compile(r"^(base|distilled|hybrid|reverse|adaptive)(?::(\d+))?((?:@[a-z]+?(?:[0-9.]+|inf)?(?=@|$))*)$")
+_OPTION = re.compile(r"@([a-z]+?)([0-9.]+|inf)?(?=@|$)")
 _SEGMENT_START = re.compile(r"^(base|distilled):\d")
 _BARE_BASE_STEPS = re.compile(r"^base:(\d+)$")
 _DEMO_KEY = re.compile(r"^(own|hybrid|reverse)-(\d+)$")
@@ -51,6 +60,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "distilled": frozenset({"skip"}),
     "hybrid": frozenset({"cfg", "own", "steps", "skip"}),
     "reverse": frozenset({"cfg", "skip"}),
+    "adaptive": frozenset({"thr", "steps", "cfg"}),
 }
 
 
@@ -65,6 +75,8 @@ class Variant:
     own_schedule: bool = False
     skip_first_steps: int = 0
     segments: tuple[Segment, ...] | None = None
+    switch_threshold: float | None = None
+    methods: DiversityOptions | None = None
 
     def __post_init__(self) -> None:
         if (self.kind == "segments") != (self.segments is not None):
@@ -75,9 +87,12 @@ class Variant:
     @property
     def text(self) -> str:
         """The canonical spelling: `parse_variant(v.text) == v`."""
+        tail = f"+{self.methods.methods_text}" if self.methods is not None else ""
         if self.segments is not None:
-            return "+".join(map(str, self.segments))
+            return "+".join(map(str, self.segments)) + tail
         out = self.kind + (f":{self.base_steps}" if self.base_steps is not None else "")
+        if self.switch_threshold is not None:
+            out += f"@thr{self.switch_threshold:g}"
         if self.own_schedule:
             out += "@own"
         if self.base_num_inference_steps is not None:
@@ -86,7 +101,7 @@ class Variant:
             out += f"@cfg{self.base_guidance_scale:g}"
         if self.skip_first_steps:
             out += f"@skip{self.skip_first_steps}"
-        return out
+        return out + tail
 
     @property
     def folder(self) -> str:
@@ -96,6 +111,11 @@ class Variant:
     @property
     def description(self) -> str:
         """One human line for reports and the app."""
+        if self.methods is not None:
+            return f"{replace(self, methods=None).description}, with {self.methods.methods_text.replace('+', ', ')}"
+        if self.kind == "adaptive":
+            thr = "the pair's default" if self.switch_threshold is None else f"{self.switch_threshold:g}"
+            return f"base on its own schedule, each sample handed to distilled when committed (threshold {thr})"
         if self.segments is not None:
             return "segments " + ", ".join(map(str, self.segments))
         base_cfg = f", base guidance {self.base_guidance_scale:g}" if self.base_guidance_scale is not None else ""
@@ -113,6 +133,15 @@ class Variant:
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """The `HybridPipeline.__call__` keyword arguments of this variant (unset ones take the pair's defaults)."""
+        if self.methods is not None or self.kind == "adaptive":
+            kwargs = replace(
+                self, methods=None, kind="base" if self.kind == "adaptive" else self.kind
+            ).pipeline_kwargs()
+            adaptive = AdaptiveSwitch(self.switch_threshold) if self.kind == "adaptive" else None
+            methods = self.methods or DiversityOptions()
+            if adaptive is not None:
+                del kwargs["mode"]
+            return {**kwargs, "diversity": replace(methods, adaptive=adaptive)}
         if self.segments is not None:
             return {"segments": self.segments}
         kwargs: dict[str, Any] = {"mode": self.kind}
@@ -150,7 +179,7 @@ def _refuse_old_spelling(text: str) -> None:
 
 def _parse_number(text: str, name: str, value: str) -> float | int:
     try:
-        return float(value) if name == "cfg" else int(value)
+        return float(value) if name in ("cfg", "thr") else int(value)
     except ValueError:
         raise ValueError(f"Variant {text!r}: bad number {value!r} after '@{name}'.") from None
 
@@ -160,6 +189,20 @@ def parse_variant(text: str) -> Variant:
     if not isinstance(text, str):
         raise TypeError(f"A variant is written as a string, got {type(text).__name__}.")
     text = text.strip()
+    parts = text.split("+")
+    first = next((i for i, part in enumerate(parts) if is_method(part)), len(parts))
+    if first < len(parts):
+        if first == 0:
+            raise ValueError(f"Variant {text!r} starts with a method; write the variant first, e.g. 'distilled+cads'.")
+        found: dict[str, Any] = {}
+        for part in parts[first:]:
+            if not is_method(part):
+                raise ValueError(f"Variant {text!r}: {part!r} follows a method; segments come before the methods.")
+            name, method = parse_method(part)
+            if name in found:
+                raise ValueError(f"Variant {text!r}: {name} is given twice.")
+            found[name] = method
+        return replace(parse_variant("+".join(parts[:first])), methods=DiversityOptions(**found))
     _refuse_old_spelling(text)
     if "+" in text or _SEGMENT_START.match(text):
         try:
@@ -171,7 +214,7 @@ def parse_variant(text: str) -> Variant:
     if not match:
         raise ValueError(f"Cannot parse variant {text!r}; {GRAMMAR}.")
     kind, steps, options = match.groups()
-    if steps is not None and kind in ("base", "distilled"):
+    if steps is not None and kind in ("base", "distilled", "adaptive"):
         raise ValueError(f"Variant {text!r}: ':{steps}' (base steps) applies to hybrid and reverse; {GRAMMAR}.")
     fields: dict[str, Any] = {"base_steps": int(steps) if steps is not None else None}
     seen: set[str] = set()
@@ -189,7 +232,9 @@ def parse_variant(text: str) -> Variant:
         if not value:
             raise ValueError(f"Variant {text!r}: '@{name}' needs a number, e.g. @{name}1.")
         number = _parse_number(text, name, value)
-        if name == "cfg":
+        if name == "thr":
+            fields["switch_threshold"] = number
+        elif name == "cfg":
             fields["base_guidance_scale"] = number
         elif name == "steps":
             if number < 1:

@@ -16,7 +16,7 @@ from typing import Any
 from divdistill.variant import Variant
 
 #: SamplingSettings fields recorded only when set, so jobs finished before they existed keep matching.
-_ONLY_WHEN_SET = ("guidance_rescale", "resolution_binning")
+_ONLY_WHEN_SET = ("guidance_rescale", "resolution_binning", "diversity")
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,12 @@ class ModelSettings:
     distilled: str | None = None
     distilled_unet: str | None = None
     scheduler: str | None = None
+    student_lora: str | None = None  # a one-network pair: --base with --student-lora (issue 14)
 
     def to_json(self) -> dict[str, Any]:
         if self.preset:
             return {"preset": self.preset}
-        return {k: v for k, v in asdict(self).items() if k != "preset"}
+        return {k: v for k, v in asdict(self).items() if k != "preset" and not (k == "student_lora" and v is None)}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class SamplingSettings:
     width: int | None = None
     guidance_rescale: float | None = None
     resolution_binning: bool | None = None
+    #: The diversity methods' text (`divdistill.diversity.options.DiversityOptions.text`, e.g. "cads@0.1").
+    diversity: str | None = None
 
     def __post_init__(self) -> None:
         if self.timesteps is not None and not isinstance(self.timesteps, tuple):
@@ -76,6 +79,7 @@ class SamplingSettings:
             segments=None if segments is None else ",".join(map(str, segments)),
             skip_first_steps=kwargs.get("skip_first_steps", 0),
             base_guidance_scale=kwargs.get("base_guidance_scale", self.base_guidance_scale),
+            diversity=kwargs["diversity"].text if "diversity" in kwargs else None,
         )
 
     def call_kwargs(self) -> dict[str, Any]:
