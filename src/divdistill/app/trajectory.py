@@ -109,4 +109,3 @@ def trajectory_view(state: AppState, prompt: str, seed: int, variants: Sequence[
     timesteps = distilled_timesteps(state.pipe, sampling.trace_sampling())
     point = suggest_switch_point(base_curve, timesteps)
     return TrajectoryView(prompt, int(seed), list(variants), decoded, curves, point)
-
