@@ -27,7 +27,9 @@ EXPECTED = {
 
 
 def test_every_hub_preset_is_covered() -> None:
-    assert set(PRESETS) == set(EXPECTED) | {"pocket"}  # pocket ships inside the package: test_pocket_shipped
+    from test_lora_students_presets import LORA_EXPECTED  # the one-network (LoRA-student) presets are tested there
+
+    assert set(PRESETS) == set(EXPECTED) | {"pocket"} | set(LORA_EXPECTED)  # pocket: test_pocket_shipped
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

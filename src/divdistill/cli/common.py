@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from divdistill.pipeline import HybridPipeline
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-MODEL_GROUP = "model: --preset, or --base and --distilled"
+MODEL_GROUP = "model: --preset, or --base and --distilled (or --student-lora)"
 
 
 # ----------------------------------------------------------------------------------------------- argument types
@@ -114,6 +114,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, title: str = MODEL_GROU
     model.add_argument(
         "--distilled", metavar="PATH_OR_REPO", help="distilled pipeline, UNet, or repo of --distilled-unet"
     )
+    model.add_argument(
+        "--student-lora",
+        metavar="FILE|REPO[:weight_name]",
+        help="the distilled model as a LoRA on --base (DMD2, Lightning, Hyper-SD, LCM-LoRA, TCD): one network",
+    )
     model.add_argument("--distilled-unet", metavar="FILE", help="raw distilled UNet state dict inside --distilled")
     model.add_argument(
         "--scheduler", metavar="NAME", help="scheduler for the distilled model (lcm, euler, euler_a, ...)"
@@ -203,12 +208,15 @@ def add_sampling_arguments(group: Any, *names: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- checks
 def check_pair_arguments(args: argparse.Namespace, hint: str = "") -> None:
-    """Exactly one of --preset or --base with --distilled (`hint` ends the second message)."""
-    pair = args.base is not None or args.distilled is not None
+    """Exactly one of --preset, --base with --distilled, or --base with --student-lora (`hint` ends the message)."""
+    student = getattr(args, "student_lora", None)
+    pair = args.base is not None or args.distilled is not None or student is not None
     if args.preset and pair:
         raise CLIError("give either --preset or --base/--distilled, not both")
-    if not args.preset and not (args.base and args.distilled):
-        raise CLIError(f"give --preset NAME, or both --base and --distilled{hint}")
+    if args.distilled and student:
+        raise CLIError("give --distilled (a second network) or --student-lora (a LoRA on --base), not both")
+    if not args.preset and not (args.base and (args.distilled or student)):
+        raise CLIError(f"give --preset NAME, or both --base and --distilled (or --student-lora){hint}")
 
 
 def check_model_arguments(args: argparse.Namespace, known_preset: bool = False) -> None:
@@ -216,6 +224,8 @@ def check_model_arguments(args: argparse.Namespace, known_preset: bool = False) 
     check_pair_arguments(args)
     if args.preset and (args.distilled_unet or args.scheduler):
         raise CLIError("--distilled-unet and --scheduler go with --base/--distilled, not --preset")
+    if getattr(args, "student_lora", None) and args.distilled_unet:
+        raise CLIError("--distilled-unet names a file inside --distilled; with --student-lora there is none")
     if known_preset and args.preset:
         try:
             from divdistill.presets import PRESETS
@@ -254,7 +264,7 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
     if args.preset:
         return ModelSettings(preset=args.preset)
     return ModelSettings(base=args.base, distilled=args.distilled, distilled_unet=args.distilled_unet,
-                         scheduler=args.scheduler)  # fmt: skip
+                         scheduler=args.scheduler, student_lora=getattr(args, "student_lora", None))  # fmt: skip
 
 
 def sampling_settings_of(args: argparse.Namespace, **variant: Any) -> SamplingSettings:
@@ -309,6 +319,10 @@ def build_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
     if args.preset:
         pipe = HybridPipeline.from_preset(
             args.preset, dtype=dtype, device=place, cache_dir=args.cache_dir, num_inference_steps=args.steps
+        )
+    elif getattr(args, "student_lora", None):
+        pipe = HybridPipeline.from_lora(
+            args.base, args.student_lora, scheduler=args.scheduler, dtype=dtype, device=place, cache_dir=args.cache_dir
         )
     else:
         pipe = HybridPipeline.from_pretrained(

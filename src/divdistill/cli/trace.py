@@ -174,7 +174,7 @@ def run_trace(args: argparse.Namespace) -> int:
                 "max_index_prompts": args.max_index_prompts}  # fmt: skip
     run = {"batch_size": args.batch_size, "save_latents": not args.no_latents, "overwrite": args.overwrite,
            "device": device, "model": model_request(args), "dtype": dtype_name,
-           "model_name": args.preset or f"{args.base} + {args.distilled}"}  # fmt: skip
+           "model_name": args.preset or f"{args.base} + {args.distilled or args.student_lora}"}  # fmt: skip
     pipe = DeferredPipeline(lambda: args.load_pipeline(args, device, dtype))  # loaded only to sample
     try:
         result = trace(pipe, prompts, args.seeds, args.modes, args.out, sampling=sampling, **analysis, **run)
