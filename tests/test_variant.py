@@ -126,3 +126,47 @@ def test_a_named_variant_and_its_segment_list_sample_the_same_latents(pipe, name
 def test_variants_that_differ_sample_differently(pipe) -> None:
     assert not torch.equal(_sample(pipe, "hybrid:1"), _sample(pipe, "hybrid:1@cfg0"))
     assert not torch.equal(_sample(pipe, "hybrid:1"), _sample(pipe, "distilled"))
+
+
+@pytest.mark.parametrize(
+    ("text", "folder", "methods"),
+    [
+        ("distilled+cads", "distilled+cads", "cads"),
+        ("hybrid:1+cads@0.1", "hybrid-1+cads_0.1", "cads@0.1"),
+        ("base:1@cfg2+distilled:3+interval@hi3", "base-1_cfg2+distilled-3+interval_hi3", "interval@hi3"),
+        ("base+interval@lo0.5+particle@20@end0.6", "base+interval_lo0.5+particle_20_end0.6",
+         "interval@lo0.5+particle@20@end0.6"),
+        ("adaptive@thr0.05@steps40+cads", "adaptive_thr0.05_steps40+cads", "cads"),
+    ],
+)  # fmt: skip
+def test_methods_follow_a_variant_after_plus(text, folder, methods) -> None:
+    variant = parse_variant(text)
+    assert variant.text == text and variant.folder == folder and parse_variant(text) == variant
+    options = variant.pipeline_kwargs()["diversity"]
+    assert options.methods_text == methods
+    assert parse_variant(text.split("+" + methods.split("+")[0])[0]).methods is None
+
+
+def test_method_order_is_canonical_and_methods_keep_the_variants_call() -> None:
+    assert parse_variant("hybrid:1+particle@5+cads").text == "hybrid:1+cads+particle@5"
+    kwargs = parse_variant("hybrid:2+cads@0.1").pipeline_kwargs()
+    assert {k: v for k, v in kwargs.items() if k != "diversity"} == parse_variant("hybrid:2").pipeline_kwargs()
+    adaptive = parse_variant("adaptive@thrinf@cfg2").pipeline_kwargs()
+    assert adaptive["diversity"].adaptive.threshold == float("inf") and adaptive["base_guidance_scale"] == 2.0
+    assert "mode" not in adaptive
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cads", "starts with a method"),
+        ("distilled+cads+base:1", "follows a method"),
+        ("distilled+cads+cads", "cads is given twice"),
+        ("adaptive:2", "applies to hybrid and reverse"),
+        ("adaptive@skip1", "'@skip' does not apply to adaptive"),
+        ("hybrid:1+interval@x2", "not an option of interval"),
+    ],
+)
+def test_bad_method_spellings_are_refused(text, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_variant(text)

@@ -32,6 +32,7 @@ POCKET_DEFAULTS = SamplingDefaults(
     base_schedule="shared",
     height=32,
     width=32,
+    switch_threshold=0.49,  # the adaptive switch's: divdistill.diversity.derive_threshold (docs/diversity.md)
 )
 
 #: Keyword arguments of the `pocket` entry for `divdistill.presets.PRESETS` (paths filled by `pocket_preset()`).
