@@ -28,10 +28,11 @@ Progress = Callable[[float, str], None]
 
 
 def selected_variants(named: Sequence[str], free: str = "") -> list[Variant]:
-    """The ticked variants, then those of the free text (comma-separated, the library's grammar), each once;
+    """The ticked variants (in the checkboxes' order), then those of the free text (comma-separated, the library's grammar), each once;
     ValueError with the grammar's message for a bad string, or when none is given."""
     variants: dict[str, Variant] = {}
-    for variant in [*(parse_variant(n) for n in named), *(parse_variants(free) if free.strip() else [])]:
+    ticked = sorted(named, key=lambda n: NAMED_VARIANTS.index(n) if n in NAMED_VARIANTS else len(NAMED_VARIANTS))
+    for variant in [*(parse_variant(n) for n in ticked), *(parse_variants(free) if free.strip() else [])]:
         variants.setdefault(variant.text, variant)
     if not variants:
         raise ValueError("No variant chosen; tick one or write one (e.g. hybrid:1@cfg2) in the variant box.")

@@ -207,7 +207,7 @@ def build_app(state: AppState, load_error: str | None = None) -> Any:
             control_grid = gr.Image(label="before / after", type="pil", elem_id="control-grid")
             inputs = [prompt, control_count, control_first, variant, upload, path, scale, on, start, *sampling]
             apply.click(lambda *a: control_handler(state, *a), inputs, [control_status, control_grid])
-            scale.release(lambda *a: control_handler(state, *a), inputs, [control_status, control_grid])
+            scale.change(lambda *a: control_handler(state, *a), inputs, [control_status, control_grid])
     return page
 
 
