@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.evaluation.formatting import finite, fmt, metric_digits, short
+from divdistill.evaluation.pareto import result_pareto_plots
 from divdistill.evaluation.plots import write_plots
 from divdistill.evaluation.results import EvalResult, Metric
 from divdistill.htmlpage import escape, page_end, page_start
@@ -288,7 +289,7 @@ def write_reports(
     with atomic_write(out / "metrics.md", "w") as handle:
         handle.write(markdown)
     files["markdown"] = out / "metrics.md"
-    plots = write_plots(result, out / "plots")
+    plots = write_plots(result, out / "plots") + result_pareto_plots(result, out / "plots")
     grids = write_grids(result, out / "grids", html_prompts) if html_prompts > 0 else {}
     page = render_html(result, out, plots, grids, title)
     with atomic_write(out / "index.html", "w") as handle:
