@@ -23,6 +23,9 @@ EXPECTED = {
     # SD3.5 Turbo: the scheduler's own 4-step grid at shift 3 (diffusers shifts sigma_min twice; as published)
     "sd35-turbo": ("FlowMatchEulerDiscreteScheduler", [1000.0, 857.7, 602.2, 8.9], 1024),
     "flux-schnell": ("FlowMatchEulerDiscreteScheduler", [1000.0, 750.0, 500.0, 250.0], 1024),
+    # FLUX.2 [klein]: linspace(1, 1/4, 4) shifted by compute_empirical_mu(256 tokens at 64 px, 4 steps)
+    "flux2-klein-4b": ("FlowMatchEulerDiscreteScheduler", [1000.0, 955.4, 877.1, 704.1], 1024),
+    "flux2-klein-9b": ("FlowMatchEulerDiscreteScheduler", [1000.0, 955.4, 877.1, 704.1], 1024),
 }
 
 

@@ -328,6 +328,24 @@ _LORA_STUDENTS = [
 _BUILT_IN.update({p.name: p for p in _LORA_STUDENTS})
 
 
+def _klein(size: str, gated: tuple[str, ...] = ()) -> Preset:
+    """FLUX.2 [klein] base + distilled of one size. Sources: the klein repos' model_index.json (Flux2KleinPipeline,
+    FlowMatchEulerDiscreteScheduler, is_distilled), BFL's FLUX.2 README (github.com/black-forest-labs/flux2: the
+    distilled models are step- and guidance-distilled, 4 steps; 9B under the FLUX Non-Commercial License) and
+    diffusers' Flux2KleinPipeline example (base: 50 steps, guidance 4.0; distilled: guidance ignored, i.e. 1)."""
+    org = "black-forest-labs/FLUX.2-klein"
+    return Preset(name=f"flux2-klein-{size.lower()}", family="flux2", base_repo=f"{org}-base-{size}",
+                  description=f"FLUX.2 [klein] base {size} + [klein] {size} (4 steps, no guidance)",
+                  distilled_repo=f"{org}-{size}", network_subfolder="transformer", scheduler="repo",
+                  dtype="bfloat16", gated=gated, defaults=SamplingDefaults(
+                      num_inference_steps=4, guidance_scale=1.0, base_guidance_scale=4.0,
+                      base_num_inference_steps=50, height=1024, width=1024, max_sequence_length=512))  # fmt: skip
+
+
+_BUILT_IN.update({p.name: p for p in (_klein("4B"), _klein("9B", ("black-forest-labs/FLUX.2-klein-base-9B",
+                                                                  "black-forest-labs/FLUX.2-klein-9B")))})  # fmt: skip
+
+
 class PresetRegistry(Mapping[str, Preset]):
     """The presets by name: the built-in ones, then those entry points add, read on first use.
 

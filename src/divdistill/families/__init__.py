@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from divdistill.families.base import Family, KohyaConversion, NetworkInputs, PairMismatchError, SliderTraining
+from divdistill.families.flux2 import Flux2KleinFamily
 from divdistill.families.transformer import FluxFamily, PixArtFamily, SD3Family
 from divdistill.families.unet import SDFamily, SDXLFamily
 
@@ -30,6 +31,7 @@ def register_family(family: Family) -> Family:
 
 for _family in (SDXLFamily(), SDFamily(), PixArtFamily(), SD3Family(), FluxFamily()):
     register_family(_family)
+register_family(Flux2KleinFamily())  # FLUX.2 [klein] (families/flux2.py)
 
 
 def get_family(name: str) -> Family:

@@ -52,6 +52,7 @@ from divdistill.testing.tiny import (
     tiny_sdxl_unet,
     write_tokenizer_files,
 )
+from divdistill.testing.tiny_flux2 import KLEIN_REPOS, write_klein_repos
 
 __all__ = [
     "HUB_REPOS",
@@ -94,6 +95,7 @@ HUB_REPOS: dict[str, str] = {
     FLUX_SCHNELL: "full FluxPipeline, transformer without guidance embedding, no shift",
     SD15_BASE: "full StableDiffusionPipeline (the tiny SD components; base of the SD 1.5 LoRA students)",
     **{repo: "student LoRAs: " + ", ".join(files) for repo, files in PUBLISHED.items()},
+    **KLEIN_REPOS,
 }
 
 DMD2_FILES = ("dmd2_sdxl_4step_unet_fp16.bin", "dmd2_sdxl_1step_unet_fp16.bin")
@@ -376,3 +378,4 @@ def _write_transformer_repos(cache_dir: Path, seed: int, fp16_variants: bool, sn
     schnell = tiny_flux_components(seed, schnell=True)
     schnell_transformer = tiny_flux_transformer(_derived_seed(seed, f"{FLUX_SCHNELL}/transformer"), False)
     write(FLUX_SCHNELL, FluxPipeline, {**flux, "transformer": schnell_transformer, "scheduler": schnell["scheduler"]})
+    write_klein_repos(seed, _derived_seed, write)  # FLUX.2 [klein] (testing/tiny_flux2.py)
