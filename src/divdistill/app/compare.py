@@ -3,7 +3,8 @@ the same columns), and per variant its diversity, NFE and seconds per image.
 
 Sampling is what `divdistill.jobs.run` does for one prompt (one `torch.Generator(device).manual_seed(seed)` per
 image, the variant's `HybridPipeline` keyword arguments); diversity is the library's `Evaluator` on the cached
-PNG files, so for the same (prompt, seeds, variant) the numbers equal `divdistill.evaluate`'s.
+PNG files, so for the same (prompt, seeds, variant) the numbers equal `divdistill.evaluate`'s (bit for bit with
+its batch size set to the seeds sampled in one call: batched kernels round differently, as `generate` notes).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ Progress = Callable[[float, str], None]
 
 
 def selected_variants(named: Sequence[str], free: str = "") -> list[Variant]:
-    """The ticked variants (in the checkboxes' order), then those of the free text (comma-separated, the library's grammar), each once;
-    ValueError with the grammar's message for a bad string, or when none is given."""
+    """The ticked variants (in the checkboxes' order), then those of the free text (comma-separated, the
+    library's grammar), each once; ValueError with the grammar's message for a bad string, or when none is given."""
     variants: dict[str, Variant] = {}
     ticked = sorted(named, key=lambda n: NAMED_VARIANTS.index(n) if n in NAMED_VARIANTS else len(NAMED_VARIANTS))
     for variant in [*(parse_variant(n) for n in ticked), *(parse_variants(free) if free.strip() else [])]:
