@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from divdistill.cli import CLIError, control, demo, evaluate, generate, slider, trace
+from divdistill.cli import app as app_cli
 from divdistill.cli import pocket as pocket_cli
 
 #: `load_pipeline(args, device, dtype) -> pipeline`: how a command loads the pair its arguments name.
@@ -53,6 +54,7 @@ def build_parser() -> ArgumentParser:
     control.add_parser(commands)
     pocket_cli.add_parser(commands)
     demo.add_parser(commands)
+    app_cli.add_parser(commands)
     presets = commands.add_parser("presets", help="list the named model pairs and their settings")
     presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     presets.set_defaults(func=run_presets)
