@@ -32,6 +32,15 @@ pytestmark = [
 LOADED = "els => els.length > 0 && els.every(e => e.complete && e.naturalWidth > 0)"
 
 
+def readme_command() -> list[str]:
+    """The README's app command (its section's bash block, last line), as argv after `divdistill`."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## The app", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    command = block.strip().splitlines()[-1].split("#")[0].split()
+    assert command[:2] == ["divdistill", "app"], command
+    return command[1:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,8 +54,8 @@ def server(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "divdistill.cli.main", "app", "--port", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # fmt: skip
+        argv = [sys.executable, "-m", "divdistill.cli.main", *readme_command(), "--port", str(port)]
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     started = time.perf_counter()
     url = f"http://127.0.0.1:{port}/"
     while "Running on local URL" not in log.read_text():
