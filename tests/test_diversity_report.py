@@ -41,3 +41,23 @@ def test_eval_compares_methods_and_writes_the_pareto_plot(tmp_path) -> None:
     assert files["plot:pareto_speed"].exists()
     with pytest.raises(ValueError, match="starts with a method"):
         divdistill.evaluate(pipe, ["a red circle"], "cads", tmp_path / "bad", metrics="diversity-pixel")
+
+
+def test_the_diversity_benchmark_runs_small(tmp_path) -> None:
+    """benchmarks/diversity_methods.py on 1 prompt x 3 seeds: table, switch distribution, fronts and plots."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    variants = "base@steps8,distilled,hybrid:1+cads,adaptive@thr0@steps40"
+    command = [sys.executable, "benchmarks/diversity_methods.py", "--prompts", "1", "--seeds", "3", "--variants",
+               variants, "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["table"]["adaptive@thr0@steps40"]["switch_steps"] == {"3": 3}
+    assert record["table"]["adaptive@thr0@steps40"]["nfe"] == 61
+    assert (tmp_path / "pareto_speed.png").exists() and (tmp_path / "table.md").exists()
