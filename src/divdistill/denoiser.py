@@ -64,7 +64,7 @@ class GuidedDenoiser:
         output = self.family.forward(self.network, x, t, inputs)
         if guided:
             uncond, cond = output.chunk(2)
-            output = uncond + self.guidance_scale * (cond - uncond)
+            output = self.family.combine_guidance(uncond, cond, self.guidance_scale)
             if self.guidance_rescale > 0:
                 output = rescale_guidance(output, cond, self.guidance_rescale)
         return output

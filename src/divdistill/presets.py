@@ -9,6 +9,7 @@ FLUX.1-dev and FLUX.1-schnell (black-forest-labs), and the scheduler configs tho
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -344,6 +345,25 @@ def _klein(size: str, gated: tuple[str, ...] = ()) -> Preset:
 
 _BUILT_IN.update({p.name: p for p in (_klein("4B"), _klein("9B", ("black-forest-labs/FLUX.2-klein-base-9B",
                                                                   "black-forest-labs/FLUX.2-klein-9B")))})  # fmt: skip
+
+
+def _qwen_lightning() -> Preset:
+    """Qwen-Image + the Qwen-Image-Lightning LoRA (one network). Sources: the lightx2v/Qwen-Image-Lightning model card's
+    diffusers example (FlowMatchEulerDiscreteScheduler with base_shift = max_shift = log 3 "we use shift=3 in
+    distillation", shift_terminal None, the 8-step V1.0 file, true_cfg_scale 1.0, 1024 px; the 4-step V1.0 file is in
+    the same repo) and the Qwen/Qwen-Image card (50 steps, true_cfg_scale 4.0, negative prompt " ")."""
+    return Preset(name="qwen-image-lightning", family="qwen-image", base_repo="Qwen/Qwen-Image",
+                  description="Qwen-Image + Qwen-Image-Lightning LoRA (4/8 steps; one network)",
+                  distilled_repo="lightx2v/Qwen-Image-Lightning", scheduler="flow_euler", dtype="bfloat16",
+                  lora_files={n: f"Qwen-Image-Lightning-{n}steps-V1.0.safetensors" for n in (4, 8)},
+                  scheduler_overrides={"base_shift": math.log(3), "max_shift": math.log(3), "shift_terminal": None},
+                  notes="Source: the lightx2v/Qwen-Image-Lightning and Qwen/Qwen-Image model cards.",
+                  defaults=SamplingDefaults(num_inference_steps=8, guidance_scale=1.0, base_guidance_scale=4.0,
+                                            base_num_inference_steps=50, height=1024, width=1024,
+                                            max_sequence_length=512))  # fmt: skip
+
+
+_BUILT_IN["qwen-image-lightning"] = _qwen_lightning()
 
 
 class PresetRegistry(Mapping[str, Preset]):

@@ -127,6 +127,10 @@ class Family(ABC):
         """Network inputs that carry an embedded guidance scale (empty for CFG / unguided networks)."""
         return {}
 
+    def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance from the two branches' outputs (Qwen-Image rescales the result's norm)."""
+        return uncond + scale * (cond - uncond)
+
     # ------------------------------------------------------------------------------------- parameterisation
     def prediction_type(self, pipe: Any) -> str:
         """What the pipeline's network predicts (its scheduler's prediction type for VP families)."""

@@ -23,6 +23,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
     "dpmpp": ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing"}),
     "tcd": ("TCDScheduler", {}),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),  # on the base's flow config (Qwen-Image-Lightning)
 }
 
 
