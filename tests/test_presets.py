@@ -26,6 +26,9 @@ EXPECTED = {
     # FLUX.2 [klein]: linspace(1, 1/4, 4) shifted by compute_empirical_mu(256 tokens at 64 px, 4 steps)
     "flux2-klein-4b": ("FlowMatchEulerDiscreteScheduler", [1000.0, 955.4, 877.1, 704.1], 1024),
     "flux2-klein-9b": ("FlowMatchEulerDiscreteScheduler", [1000.0, 955.4, 877.1, 704.1], 1024),
+    # SANA-Sprint: the angles 1.5708 and 1.3 as flow timesteps 1000 sin a / (cos a + sin a)
+    "sana-sprint": ("SCMScheduler", [1000.0, 782.7], 1024),
+    "sana-sprint-0.6b": ("SCMScheduler", [1000.0, 782.7], 1024),
 }
 
 

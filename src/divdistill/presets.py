@@ -329,22 +329,33 @@ _LORA_STUDENTS = [
 _BUILT_IN.update({p.name: p for p in _LORA_STUDENTS})
 
 
-def _klein(size: str, gated: tuple[str, ...] = ()) -> Preset:
-    """FLUX.2 [klein] base + distilled of one size. Sources: the klein repos' model_index.json (Flux2KleinPipeline,
-    FlowMatchEulerDiscreteScheduler, is_distilled), BFL's FLUX.2 README (github.com/black-forest-labs/flux2: the
-    distilled models are step- and guidance-distilled, 4 steps; 9B under the FLUX Non-Commercial License) and
-    diffusers' Flux2KleinPipeline example (base: 50 steps, guidance 4.0; distilled: guidance ignored, i.e. 1)."""
-    org = "black-forest-labs/FLUX.2-klein"
-    return Preset(name=f"flux2-klein-{size.lower()}", family="flux2", base_repo=f"{org}-base-{size}",
-                  description=f"FLUX.2 [klein] base {size} + [klein] {size} (4 steps, no guidance)",
-                  distilled_repo=f"{org}-{size}", network_subfolder="transformer", scheduler="repo",
-                  dtype="bfloat16", gated=gated, defaults=SamplingDefaults(
-                      num_inference_steps=4, guidance_scale=1.0, base_guidance_scale=4.0,
-                      base_num_inference_steps=50, height=1024, width=1024, max_sequence_length=512))  # fmt: skip
+def _klein(size: str, gated: bool = False) -> Preset:
+    """FLUX.2 [klein] base + distilled. Sources: the klein repos' model_index.json (Flux2KleinPipeline, FlowMatchEuler,
+    is_distilled), github.com/black-forest-labs/flux2 README (4-step distilled; 9B: FLUX Non-Commercial License) and
+    diffusers' Flux2KleinPipeline example (base: 50 steps, guidance 4.0; the distilled model ignores guidance)."""
+    base, distilled = f"black-forest-labs/FLUX.2-klein-base-{size}", f"black-forest-labs/FLUX.2-klein-{size}"
+    return Preset(f"flux2-klein-{size.lower()}", "flux2", f"FLUX.2 [klein] base {size} + [klein] {size} (4 steps)",
+                  base, distilled, "repo", SamplingDefaults(num_inference_steps=4, guidance_scale=1.0,
+                  base_guidance_scale=4.0, base_num_inference_steps=50, height=1024, width=1024,
+                  max_sequence_length=512), network_subfolder="transformer", dtype="bfloat16",
+                  gated=(base, distilled) if gated else ())  # fmt: skip
 
 
-_BUILT_IN.update({p.name: p for p in (_klein("4B"), _klein("9B", ("black-forest-labs/FLUX.2-klein-base-9B",
-                                                                  "black-forest-labs/FLUX.2-klein-9B")))})  # fmt: skip
+def _sprint(size: str, teacher: str, suffix: str = "") -> Preset:
+    """SANA-Sprint + its sCM teacher. Sources: nvlabs.github.io/Sana/docs/sana_sprint (SanaSprintPipeline, 2 steps),
+    diffusers' SanaSprintPipeline (guidance 4.5 embedded, SCMScheduler sigma_data 0.5) and its research_projects/sana
+    README (the teacher repos; run here as SanaPipeline with its defaults: 20 steps, CFG 4.5)."""
+    org = "Efficient-Large-Model/"
+    return Preset(f"sana-sprint{suffix}", "sana", f"SANA-Sprint {size} + its sCM teacher (TrigFlow, 2 steps)",
+                  org + teacher, f"{org}Sana_Sprint_{size}_1024px_diffusers", "repo", SamplingDefaults(
+                  num_inference_steps=2, guidance_scale=4.5, base_guidance_scale=4.5, base_num_inference_steps=20,
+                  height=1024, width=1024, max_sequence_length=300), network_subfolder="transformer",
+                  dtype="bfloat16")  # fmt: skip
+
+
+_BUILT_IN.update({p.name: p for p in (_klein("4B"), _klein("9B", gated=True),
+                   _sprint("1.6B", "SANA_Sprint_1.6B_1024px_teacher_diffusers"),
+                   _sprint("0.6B", "Sana_Sprint_0.6B_1024px_teacher_diffusers", "-0.6b"))})  # fmt: skip
 
 
 def _qwen_lightning() -> Preset:

@@ -15,6 +15,7 @@ from typing import Any
 from divdistill.families.base import Family, KohyaConversion, NetworkInputs, PairMismatchError, SliderTraining
 from divdistill.families.flux2 import Flux2KleinFamily
 from divdistill.families.qwen import QwenImageFamily
+from divdistill.families.sana import SanaFamily
 from divdistill.families.transformer import FluxFamily, PixArtFamily, SD3Family
 from divdistill.families.unet import SDFamily, SDXLFamily
 
@@ -33,6 +34,7 @@ def register_family(family: Family) -> Family:
 for _family in (SDXLFamily(), SDFamily(), PixArtFamily(), SD3Family(), FluxFamily()):
     register_family(_family)
 register_family(Flux2KleinFamily())  # FLUX.2 [klein] (families/flux2.py)
+register_family(SanaFamily())  # SANA and SANA-Sprint (families/sana.py)
 register_family(QwenImageFamily())  # Qwen-Image (families/qwen.py)
 
 

@@ -54,6 +54,7 @@ from divdistill.testing.tiny import (
 )
 from divdistill.testing.tiny_flux2 import KLEIN_REPOS, write_klein_repos
 from divdistill.testing.tiny_qwen import QWEN_REPOS, write_qwen_repos
+from divdistill.testing.tiny_sana import SANA_REPOS, write_sana_repos
 
 __all__ = [
     "HUB_REPOS",
@@ -97,6 +98,7 @@ HUB_REPOS: dict[str, str] = {
     SD15_BASE: "full StableDiffusionPipeline (the tiny SD components; base of the SD 1.5 LoRA students)",
     **{repo: "student LoRAs: " + ", ".join(files) for repo, files in PUBLISHED.items()},
     **KLEIN_REPOS,
+    **SANA_REPOS,
     **QWEN_REPOS,
 }
 
@@ -381,4 +383,5 @@ def _write_transformer_repos(cache_dir: Path, seed: int, fp16_variants: bool, sn
     schnell_transformer = tiny_flux_transformer(_derived_seed(seed, f"{FLUX_SCHNELL}/transformer"), False)
     write(FLUX_SCHNELL, FluxPipeline, {**flux, "transformer": schnell_transformer, "scheduler": schnell["scheduler"]})
     write_klein_repos(seed, _derived_seed, write)  # FLUX.2 [klein] (testing/tiny_flux2.py)
+    write_sana_repos(seed, _derived_seed, write)  # SANA-Sprint and its teachers (testing/tiny_sana.py)
     write_qwen_repos(cache_dir, seed, snapshots, write, repo_snapshot_dir)  # Qwen-Image + Lightning
