@@ -29,6 +29,12 @@ EXPECTED = {
     # SANA-Sprint: the angles 1.5708 and 1.3 as flow timesteps 1000 sin a / (cos a + sin a)
     "sana-sprint": ("SCMScheduler", [1000.0, 782.7], 1024),
     "sana-sprint-0.6b": ("SCMScheduler", [1000.0, 782.7], 1024),
+    # HiDream-I1-Fast: the flow-matching LCM scheduler's 16-step grid at shift 3 (tests/test_hidream_parity.py)
+    "hidream-fast": (
+        "FlowMatchLCMScheduler",
+        [1000.0, 976.8, 951.4, 923.3, 892.3, 857.7, 818.9, 775.2, 725.4, 668.3, 602.2, 524.5, 432.2, 320.6, 183.0, 8.9],
+        1024,
+    ),
 }
 
 

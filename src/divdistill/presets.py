@@ -358,23 +358,23 @@ _BUILT_IN.update({p.name: p for p in (_klein("4B"), _klein("9B", gated=True),
                    _sprint("0.6B", "Sana_Sprint_0.6B_1024px_teacher_diffusers", "-0.6b"))})  # fmt: skip
 
 
-def _qwen_lightning() -> Preset:
-    """Qwen-Image + the Qwen-Image-Lightning LoRA (one network). Sources: the lightx2v/Qwen-Image-Lightning model card's
-    diffusers example (FlowMatchEulerDiscreteScheduler with base_shift = max_shift = log 3 "we use shift=3 in
-    distillation", shift_terminal None, the 8-step V1.0 file, true_cfg_scale 1.0, 1024 px; the 4-step V1.0 file is in
-    the same repo) and the Qwen/Qwen-Image card (50 steps, true_cfg_scale 4.0, negative prompt " ")."""
-    return Preset(name="qwen-image-lightning", family="qwen-image", base_repo="Qwen/Qwen-Image",
-                  description="Qwen-Image + Qwen-Image-Lightning LoRA (4/8 steps; one network)",
-                  distilled_repo="lightx2v/Qwen-Image-Lightning", scheduler="flow_euler", dtype="bfloat16",
-                  lora_files={n: f"Qwen-Image-Lightning-{n}steps-V1.0.safetensors" for n in (4, 8)},
-                  scheduler_overrides={"base_shift": math.log(3), "max_shift": math.log(3), "shift_terminal": None},
-                  notes="Source: the lightx2v/Qwen-Image-Lightning and Qwen/Qwen-Image model cards.",
-                  defaults=SamplingDefaults(num_inference_steps=8, guidance_scale=1.0, base_guidance_scale=4.0,
-                                            base_num_inference_steps=50, height=1024, width=1024,
-                                            max_sequence_length=512))  # fmt: skip
+def _qwen_and_hidream() -> list[Preset]:
+    """Sources. Qwen-Image-Lightning: lightx2v/Qwen-Image-Lightning card (diffusers example: FlowMatchEuler, base and
+    max_shift log 3, shift_terminal None, V1.0 files, true_cfg 1), Qwen/Qwen-Image card (50 steps, true_cfg 4, negative
+    " "). HiDream: HiDream-ai/HiDream-I1 README, inference.py (Full 50 steps cfg 5, Fast 16 cfg 0, shift 3; Llama)."""
+    big = {"height": 1024, "width": 1024, "base_num_inference_steps": 50}
+    return [Preset("qwen-image-lightning", "qwen-image", "Qwen-Image + Qwen-Image-Lightning LoRA (4/8 steps; one "
+                   "network)", "Qwen/Qwen-Image", "lightx2v/Qwen-Image-Lightning", "flow_euler", SamplingDefaults(
+                   num_inference_steps=8, guidance_scale=1.0, base_guidance_scale=4.0, max_sequence_length=512, **big),
+                   lora_files={n: f"Qwen-Image-Lightning-{n}steps-V1.0.safetensors" for n in (4, 8)}, dtype="bfloat16",
+                   scheduler_overrides={"base_shift": math.log(3), "max_shift": math.log(3), "shift_terminal": None}),
+            Preset("hidream-fast", "hidream", "HiDream-I1 Full + Fast (16 steps)", "HiDream-ai/HiDream-I1-Full",
+                   "HiDream-ai/HiDream-I1-Fast", "repo", SamplingDefaults(num_inference_steps=16, guidance_scale=0.0,
+                   base_guidance_scale=5.0, max_sequence_length=128, **big), network_subfolder="transformer",
+                   dtype="bfloat16", gated=("meta-llama/Meta-Llama-3.1-8B-Instruct",))]  # fmt: skip
 
 
-_BUILT_IN["qwen-image-lightning"] = _qwen_lightning()
+_BUILT_IN.update({p.name: p for p in _qwen_and_hidream()})  # fmt: skip
 
 
 class PresetRegistry(Mapping[str, Preset]):

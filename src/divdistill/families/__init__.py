@@ -14,6 +14,7 @@ from typing import Any
 
 from divdistill.families.base import Family, KohyaConversion, NetworkInputs, PairMismatchError, SliderTraining
 from divdistill.families.flux2 import Flux2KleinFamily
+from divdistill.families.hidream import HiDreamFamily
 from divdistill.families.qwen import QwenImageFamily
 from divdistill.families.sana import SanaFamily
 from divdistill.families.transformer import FluxFamily, PixArtFamily, SD3Family
@@ -36,6 +37,7 @@ for _family in (SDXLFamily(), SDFamily(), PixArtFamily(), SD3Family(), FluxFamil
 register_family(Flux2KleinFamily())  # FLUX.2 [klein] (families/flux2.py)
 register_family(SanaFamily())  # SANA and SANA-Sprint (families/sana.py)
 register_family(QwenImageFamily())  # Qwen-Image (families/qwen.py)
+register_family(HiDreamFamily())  # HiDream-I1 (families/hidream.py)
 
 
 def get_family(name: str) -> Family:
@@ -69,6 +71,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "FluxFamily",
+    "HiDreamFamily",
     "KohyaConversion",
     "NetworkInputs",
     "PairMismatchError",

@@ -6,7 +6,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -87,6 +87,9 @@ class Family(ABC):
     slider: SliderTraining | None = None
     #: The diffusers converter of the family's kohya LoRA files (None: kohya keys are matched by name only).
     kohya: KohyaConversion | None = None
+    #: Components its published repos leave out, loaded from their own repo and passed to `from_pretrained`
+    #: (HiDream's Llama encoder): {component: (repo, transformers class, its from_pretrained keyword arguments)}.
+    external_components: ClassVar[dict[str, tuple[str, str, dict[str, Any]]]] = {}
 
     @property
     def text_components(self) -> tuple[str, ...]:

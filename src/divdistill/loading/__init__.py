@@ -20,6 +20,7 @@ from divdistill.loading.components import (
     assemble,
     diffusers_dtype,
     dtype_argument,
+    external_components,
     load_distilled_network,
     load_repo_scheduler,
     load_state_dict_file,
@@ -60,6 +61,7 @@ def load_preset(
     base_kwargs: dict[str, Any] = {"cache_dir": cache_dir, **diffusers_dtype(dtype)}
     if variant:
         base_kwargs["variant"] = variant
+    base_kwargs.update(external_components(family, cache_dir, dtype))  # HiDream's Llama encoder
     base = from_pretrained(pipeline_class.from_pretrained, preset.base_repo, "base pipeline", **base_kwargs)
     network = load_distilled_network(preset, base, num_inference_steps, cache_dir, dtype)
     if preset.scheduler == "repo":

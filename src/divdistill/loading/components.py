@@ -86,6 +86,18 @@ def make_scheduler(name: str, base_config: Any, overrides: dict[str, Any] | None
     return cls.from_config(config, **{**defaults, **(overrides or {})})
 
 
+def external_components(family: Family, cache_dir: str | None, dtype: torch.dtype | None) -> dict[str, Any]:
+    """The components a family's repos leave out (`Family.external_components`), each from its own repo."""
+    import transformers
+
+    loaded = {}
+    for name, (repo, class_name, kwargs) in family.external_components.items():
+        cls = getattr(transformers, class_name)
+        typed = {"dtype": dtype} if dtype is not None and issubclass(cls, torch.nn.Module) else {}
+        loaded[name] = from_pretrained(cls.from_pretrained, repo, name, cache_dir=cache_dir, **kwargs, **typed)
+    return loaded
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A raw state dict from .safetensors or a torch pickle (.bin/.pt/.pth), loaded safely."""
     if path.suffix == ".safetensors":

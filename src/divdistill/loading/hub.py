@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from divdistill.families import FAMILIES
 from divdistill.presets import PRESETS, Preset
 
 
@@ -81,6 +82,9 @@ def preset_needs(preset: Preset, num_inference_steps: int | None) -> list[tuple[
         needs.append((preset.distilled_repo, "config.json", None))
     if preset.scheduler == "repo" and not preset.lora_files:  # a LoRA student's "repo" scheduler is the base's
         needs.append((preset.distilled_repo, "scheduler/scheduler_config.json", '--include "scheduler/*"'))
+    family = next((f for f in FAMILIES if f.name == preset.family), None)  # HiDream's Llama encoder
+    external = family.external_components.values() if family is not None else ()
+    needs += [(repo, "config.json", None) for repo in dict.fromkeys(repo for repo, _, _ in external)]
     return needs
 
 
