@@ -127,6 +127,19 @@ def test_evaluator_reuses_the_cache_across_runs_and_metrics(tmp_path: Path) -> N
     assert second.timings["embedded_cnn"] == 0
 
 
+def test_an_evaluator_without_a_cache_keeps_the_embeddings_in_memory(tmp_path: Path) -> None:
+    """cache=False writes nothing next to the images, and fill + evaluate still share one embedding pass."""
+    write_images(tmp_path / "set", 6)
+    image_set = scan_image_set(tmp_path / "set")
+    cnn = CountingCNN()
+    memory = Evaluator("diversity-cnn,vendi-cnn", backends={"cnn": cnn}, bootstrap=50, cache=False)
+    result = memory.evaluate([image_set])
+    assert cnn.images == 6 and not (tmp_path / "set" / ".embeddings").exists()
+    on_disk = Evaluator("diversity-cnn,vendi-cnn", backends={"cnn": CountingCNN()}, bootstrap=50).evaluate([image_set])
+    for metric in ("diversity-cnn", "vendi-cnn"):
+        assert result.averages[(image_set.name, metric)].value == on_disk.averages[(image_set.name, metric)].value
+
+
 def test_registered_extractor_gives_fid_is_and_precision_against_a_reference(tmp_path: Path) -> None:
     write_images(tmp_path / "gen", 12, seed=1)
     write_images(tmp_path / "ref", 12, seed=1)  # the same images

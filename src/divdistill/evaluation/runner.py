@@ -108,6 +108,8 @@ class Evaluator:
         self.state = state
         self.log = log or (lambda message: print(f"divdistill eval: {message}", file=sys.stderr, flush=True))
         self._backends: dict[str, Backend] = {}
+        #: With cache=False the embeddings live only in memory: `fill` and `evaluate` must share them.
+        self._memory: dict[tuple[str, str], EmbeddingCache] = {}
         self.resolved: dict[MetricSpec, Backend] | None = None
         self.counts: dict[str, int] = {}
         self._pr: dict[tuple[str, str], dict[str, float]] = {}
@@ -180,6 +182,11 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------------------- caches
     def cache_for(self, image_set: ImageSet, backend: Backend) -> EmbeddingCache:
+        if not self.persist:
+            key = (str(image_set.root.resolve()), backend.key)
+            if key not in self._memory:
+                self._memory[key] = EmbeddingCache(image_set.root, backend.key, persist=False)
+            return self._memory[key]
         folder = None
         if self.persist and not os.access(image_set.root, os.W_OK) and self.cache_fallback is not None:
             import hashlib
