@@ -348,7 +348,10 @@ def test_gated_repos_are_preset_data() -> None:
 
     assert PRESETS["sd35-turbo"].gated == (SD35_LARGE, "stabilityai/stable-diffusion-3.5-large-turbo")
     assert PRESETS["flux-schnell"].gated == (FLUX_DEV,)
-    assert not any(p.gated for name, p in PRESETS.items() if name not in ("sd35-turbo", "flux-schnell"))
+    klein_9b = ("black-forest-labs/FLUX.2-klein-base-9B", "black-forest-labs/FLUX.2-klein-9B")  # non-commercial
+    assert PRESETS["flux2-klein-9b"].gated == klein_9b
+    gated = ("sd35-turbo", "flux-schnell", "flux-hyper", "flux2-klein-9b", "hidream-fast")  # FLUX.1-dev, Llama 3.1
+    assert not any(p.gated for name, p in PRESETS.items() if name not in gated)
     assert all("huggingface-cli" not in p.notes for p in PRESETS.values())
 
 
