@@ -23,6 +23,9 @@ class SamplingDefaults:
     guidance_rescale: float = 0.0  # CFG rescale (Lin et al. 2024); for zero-terminal-SNR models, e.g. 0.7
     max_sequence_length: int | None = None  # T5 prompt length (PixArt, SD3, FLUX); None = the pipeline's default
     resolution_binning: bool = False  # PixArt: sample at the nearest trained aspect-ratio bin, resize back
+    #: Stochasticity of the shared (distilled) scheduler's step, diffusers' `pipe(..., eta=)`: TCD's gamma, DDIM's
+    #: eta. 0 is deterministic; a scheduler whose step takes no eta refuses any other value.
+    eta: float = 0.0
     switch_threshold: float | None = None  # the adaptive switch's default (divdistill.diversity.derive_threshold)
 
     def updated(self, **overrides: Any) -> SamplingDefaults:

@@ -285,7 +285,7 @@ def _lora(name: str, family: str, description: str, base: str, repo: str, files:
     base_guidance = extra.pop("base_guidance_scale", 5.0 if family != "flux" else 3.5)
     defaults = SamplingDefaults(num_inference_steps=steps, timesteps=timesteps, guidance_scale=guidance,
                                 base_guidance_scale=base_guidance, height=size, width=size,
-                                **{k: extra.pop(k) for k in ("max_sequence_length",) if k in extra})  # fmt: skip
+                                **{k: extra.pop(k) for k in ("max_sequence_length", "eta") if k in extra})  # fmt: skip
     notes = f"Source: {source}."
     return Preset(name=name, family=family, description=description, base_repo=base, distilled_repo=repo,
                   scheduler=scheduler, defaults=defaults, lora_files=files, notes=notes, **extra)  # fmt: skip
@@ -309,8 +309,8 @@ _LORA_STUDENTS = [
           SDXL_BASE, HYPER_SD, {1: "Hyper-SDXL-1step-lora.safetensors",
                                 **{n: f"Hyper-SDXL-{n}steps-lora.safetensors" for n in (2, 4, 8)}}, "ddim",
           "huggingface.co/ByteDance/Hyper-SD card, SDXL-related models (2/4/8-step LoRA: DDIM trailing; "
-          "1-step LoRA: TCDScheduler, eta=1.0, which divdistill's sampler does not set: it runs eta 0)", 4,
-          step_schedulers={1: "tcd"}, step_defaults={1: {"mode": "distilled", "base_steps": 0}}),
+          "1-step LoRA: TCDScheduler, eta=1.0)", 4,
+          step_schedulers={1: "tcd"}, step_defaults={1: {"mode": "distilled", "base_steps": 0, "eta": 1.0}}),
     _lora("sdxl-lcm-lora", "sdxl", "SDXL-base + LCM-LoRA (one network)", SDXL_BASE,
           "latent-consistency/lcm-lora-sdxl", {4: "pytorch_lora_weights.safetensors"}, "lcm",
           "huggingface.co/latent-consistency/lcm-lora-sdxl card (guidance disabled or 1-2)", 4),
@@ -319,7 +319,7 @@ _LORA_STUDENTS = [
           "huggingface.co/latent-consistency/lcm-lora-sdv1-5 card", 4, size=512, base_guidance_scale=7.5),
     _lora("sdxl-tcd", "sdxl", "SDXL-base + TCD LoRA (one network)", SDXL_BASE, "h1t/TCD-SDXL-LoRA",
           {4: "pytorch_lora_weights.safetensors"}, "tcd",
-          "huggingface.co/h1t/TCD-SDXL-LoRA card (eta 0.3 there; divdistill's sampler runs eta 0)", 4),
+          "huggingface.co/h1t/TCD-SDXL-LoRA card (TCDScheduler, eta 0.3)", 4, eta=0.3),
     _lora("flux-hyper", "flux", "FLUX.1-dev + Hyper-FLUX.1-dev 8-step LoRA (one network; LoRA scale 0.125)",
           FLUX_DEV, HYPER_SD, {8: "Hyper-FLUX.1-dev-8steps-lora.safetensors"}, "repo",
           "huggingface.co/ByteDance/Hyper-SD card, FLUX.1-dev-related models (fuse_lora(lora_scale=0.125), "

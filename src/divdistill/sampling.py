@@ -30,6 +30,7 @@ class Stage:
     scheduler: Any
     timesteps: torch.Tensor
     convention: LatentConvention
+    eta: float = 0.0  # passed to `scheduler.step` where it takes one (DDIM's eta, TCD's gamma)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def sample(
             before_stage(stage)
         if previous is not None and previous.scheduler is not scheduler:
             latents = convention.handoff(latents, previous.scheduler, scheduler, stage.timesteps[0])
-        extra = step_kwargs(scheduler, generator)
+        extra = step_kwargs(scheduler, generator, stage.eta)
         for t in stage.timesteps:
             model_input = convention.model_input(scheduler, latents, t)
             raw = denoiser(model_input, t)

@@ -128,7 +128,7 @@ def sample_adaptive(session, noise, stages, raw, generator, progress=None, befor
                     latents[committed.to(latents.device)], grid_scheduler, scheduler, shared_t[k]
                 )
             denoiser = session.prepare(raw[1], scheduler, convention.name, group)
-            stage = Stage("distilled", denoiser, scheduler, shared_t[k:], convention)
+            stage = Stage("distilled", denoiser, scheduler, shared_t[k:], convention, eta=distilled_stage.eta)
             final[group.to(final.device)] = run(stage, start, group, track=False)
             for i in group.tolist():
                 switch[i] = k

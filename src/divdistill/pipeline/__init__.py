@@ -301,7 +301,8 @@ class HybridPipeline:
             )
             raw.append(denoiser)
             denoiser = methods.prepare(denoiser, stage_plan.scheduler, self.family.convention.name)
-            stages.append(Stage(model, denoiser, stage_plan.scheduler, stage_plan.timesteps, self.family.convention))
+            stages.append(Stage(model, denoiser, stage_plan.scheduler, stage_plan.timesteps, self.family.convention,
+                                eta=stage_plan.eta))  # fmt: skip
 
         noise = self._noise(shape, generator, latents, dtype, device)
 

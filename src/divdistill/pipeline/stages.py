@@ -7,6 +7,7 @@ schedule base segment runs the base's own grid cut at the hand-off noise level (
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ class StagePlan:
     scheduler: Any
     timesteps: torch.Tensor
     guidance_scale: float
+    eta: float = 0.0  # the step's stochasticity (the pair's `eta` on the shared schedule; own schedules run 0)
 
 
 def run_segments(
@@ -82,6 +84,11 @@ def plan_stages(
         return [StagePlan("base", scheduler, own, guidance[0])]
 
     shared = fresh_scheduler(distilled.scheduler)
+    if settings.eta and "eta" not in inspect.signature(shared.step).parameters:
+        raise ValueError(
+            f"eta={settings.eta:g} does nothing on {type(shared).__name__}, whose step takes no eta; set it only "
+            "for schedulers that use it (TCD, DDIM)."
+        )
     full = family.set_schedule(distilled, shared, settings.num_inference_steps, timesteps, device, shape)
     if hasattr(shared, "set_begin_index"):
         shared.set_begin_index(skip)
@@ -99,6 +106,7 @@ def plan_stages(
             if hasattr(shared, "set_begin_index"):
                 shared.set_begin_index(skip + segment.steps)
         else:
-            stages.append(StagePlan(segment.model, shared, remaining[cursor : cursor + segment.steps], scale))
+            steps = remaining[cursor : cursor + segment.steps]
+            stages.append(StagePlan(segment.model, shared, steps, scale, eta=settings.eta))
         cursor += segment.steps
     return stages
