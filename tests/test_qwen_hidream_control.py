@@ -88,3 +88,13 @@ def test_offloaded_hybrid_gives_the_resident_images(make, tmp_path) -> None:
     assert [m for m, _ in seen] == ["base", "distilled", "distilled", "distilled"]
     assert all(model == resident for model, resident in seen)  # the running network is the resident one
     assert pipe.offload.moves[:2] == [("text", "in"), ("text", "out")] and pipe.offload.moves[-1] == ("vae", "in")
+
+
+@pytest.mark.parametrize("make", [qwen, hidream], ids=["qwen-image", "hidream"])
+def test_reverse_runs_the_distilled_model_first_and_the_base_last(make, tmp_path) -> None:
+    pipe = make(tmp_path)
+    out = pipe(PROMPT, mode="reverse", base_steps=1, generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert [s.model for s in out.steps] == ["distilled"] * 3 + ["base"]
+    assert [s.nfe for s in out.steps] == [1, 1, 1, 2] and torch.isfinite(out.images).all()
+    alone = pipe(PROMPT, mode="distilled", generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert not torch.allclose(out.images, alone.images)  # the base really ran the last step
