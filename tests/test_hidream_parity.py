@@ -211,3 +211,12 @@ def test_trace_and_eval_run_on_the_fast_preset(offline_hub, tmp_path) -> None:
     assert main(evaluate, load_pipeline=small) == 0
     rows = {r["name"]: r for r in json.loads((tmp_path / "eval" / "metrics.json").read_text())["sets"]}
     assert {n: r["speed"]["nfe_per_image"] for n, r in rows.items()} == {"distilled": 4, "hybrid": 5}
+
+
+def test_load_pair_takes_the_llama_encoder_the_repos_leave_out(offline_hub) -> None:
+    from divdistill.loading import load_pair
+
+    pipe = load_pair("HiDream-ai/HiDream-I1-Full", "HiDream-ai/HiDream-I1-Fast", cache_dir=str(offline_hub))
+    assert type(pipe.base.text_encoder_4).__name__ == "LlamaForCausalLM"
+    assert pipe.distilled.text_encoder_4 is pipe.base.text_encoder_4 and pipe.distilled.tokenizer_4 is not None
+    assert type(pipe.distilled.scheduler).__name__ == "FlowMatchLCMScheduler"

@@ -14,7 +14,7 @@ import torch
 
 from divdistill.defaults import SamplingDefaults
 from divdistill.devices import check_device
-from divdistill.families import family_of, get_family
+from divdistill.families import FAMILIES, family_of, get_family
 from divdistill.loading.components import (
     SCHEDULERS,
     assemble,
@@ -101,8 +101,14 @@ def load_pair(
     dtype = dtype_argument(dtype, torch_dtype)
     if device is not None:
         check_device(device)  # before minutes of loading
+    external = _external_components_of(base, cache_dir, dtype)  # HiDream's Llama encoder, from its own repo
     base_pipe = from_pretrained(
-        DiffusionPipeline.from_pretrained, base, "base pipeline", cache_dir=cache_dir, **diffusers_dtype(dtype)
+        DiffusionPipeline.from_pretrained,
+        base,
+        "base pipeline",
+        cache_dir=cache_dir,
+        **diffusers_dtype(dtype),
+        **external,
     )
     family = family_of(base_pipe)
     pipeline_class = type(base_pipe)
@@ -217,6 +223,19 @@ def _lora_preset(preset: Preset, dtype, device, cache_dir, steps: int | None, va
         name=preset.name,
         **({"variant": variant} if variant else {}),
     )
+
+
+def _external_components_of(repo: str, cache_dir: str | None, dtype: torch.dtype | None) -> dict[str, Any]:
+    """The components `repo`'s pipeline class needs from other repos (`Family.external_components`), by its
+    model_index.json; none when it has no index (a single file) or its family needs nothing else."""
+    import json
+
+    try:
+        index = json.loads(resolve_file(repo, "model_index.json", cache_dir).read_text())
+    except WeightsNotFoundError:
+        return {}  # diffusers' own load says what is missing
+    family = next((f for f in FAMILIES if f.pipeline_class == index.get("_class_name")), None)
+    return external_components(family, cache_dir, dtype) if family is not None else {}
 
 
 def _placed(pipe: HybridPipeline, device: str | torch.device | None) -> HybridPipeline:
