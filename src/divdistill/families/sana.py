@@ -114,10 +114,12 @@ SANA = SanaConvention()
 
 
 def _bins(sample_size: int) -> dict | None:
+    """SanaPipeline's aspect-ratio bins by the transformer's sample size (SanaSprintPipeline knows only 32)."""
     from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as pixart
     from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
+    from diffusers.pipelines.sana import pipeline_sana as sana
 
-    return {128: sigma.ASPECT_RATIO_2048_BIN, 64: sigma.ASPECT_RATIO_2048_BIN, 32: pixart.ASPECT_RATIO_1024_BIN,
+    return {128: sana.ASPECT_RATIO_4096_BIN, 64: sigma.ASPECT_RATIO_2048_BIN, 32: pixart.ASPECT_RATIO_1024_BIN,
             16: pixart.ASPECT_RATIO_512_BIN}.get(sample_size)  # fmt: skip
 
 
