@@ -169,7 +169,7 @@ def test_pocket_preset_defaults_to_the_papers_hybrid() -> None:
 def test_resolution_binning_is_refused_outside_pixart() -> None:
     from dit_pairs import pixart_pair, sd3_pair
 
-    with pytest.raises(ValueError, match=r"resolution_binning.*only the pixart, sana family.*sd3"):  # and SANA
+    with pytest.raises(ValueError, match=r"resolution_binning.*only the pixart, sana families have.*sd3"):  # and SANA
         sd3_pair().hybrid()("a cat", resolution_binning=True, output_type="latent")
     out = pixart_pair().hybrid()("a cat", resolution_binning=True, output_type="latent")
     assert out.settings["resolution_binning"] is True

@@ -246,10 +246,11 @@ class HybridPipeline:
             # on base_steps steps of its own grid: noise). An explicit base_schedule="own" there is an error.
             settings = replace(settings, base_schedule="shared")
         if settings.resolution_binning and not self.family.supports_resolution_binning:
-            supported = ", ".join(f.name for f in FAMILIES if f.supports_resolution_binning)
+            names = [f.name for f in FAMILIES if f.supports_resolution_binning]
+            supported = f"the {names[0]} family has" if len(names) == 1 else f"the {', '.join(names)} families have"
             raise ValueError(
                 f"resolution_binning (--resolution-binning) snaps the size to the aspect-ratio bins a model was "
-                f"trained on, which only the {supported} family has; this pair is of the {self.family.name} "
+                f"trained on, which only {supported}; this pair is of the {self.family.name} "
                 "family and samples at the size asked. Leave it off."
             )
         if output_type not in OUTPUT_TYPES:
