@@ -2,11 +2,12 @@
 LCM-LoRA, TCD, ...).
 
 The base is a diffusers folder, a repo id or a single-file checkpoint (`from_single_file`, its configs from
-`base_config` or the family's default repo, offline from the cache). The student LoRA is read by diffusers' own
-`lora_state_dict` (it converts kohya, kohya-sgm, diffusers and PEFT key layouts), checked against the base network
-before anything is loaded (every module it names must exist with the right shapes; text-encoder layers are
-refused, since both models of a one-network pair share one prompt encoding), then loaded with the pipeline's own
-`load_lora_weights` as the PEFT adapter "student", the code path the authors' examples use. The distilled
+`base_config` or the family's default repo, offline from the cache; a file those configs do not describe, or a
+truncated one, is refused before sampling, since diffusers leaves what a file lacks empty). The student LoRA is read
+by diffusers' own `lora_state_dict` (it converts kohya, kohya-sgm, diffusers and PEFT key layouts), checked against
+the base network before anything is loaded (every module it names must exist with the right shapes; text-encoder
+layers are refused, since both models of a one-network pair share one prompt encoding), then loaded with the
+pipeline's own `load_lora_weights` as the PEFT adapter "student", the code path the authors' examples use. The distilled
 pipeline is the base's components with the student's scheduler: the same network object, no copy, no merge.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from divdistill.families import Family, family_of, get_family
-from divdistill.loading.hub import from_pretrained, resolve_file
+from divdistill.loading.hub import WeightsNotFoundError, from_pretrained, resolve_file
 from divdistill.pipeline.student import STUDENT_ADAPTER
 
 #: The file diffusers' `save_lora_weights` writes (LCM-LoRA and TCD publish theirs so): REPO without a
@@ -141,15 +142,66 @@ def load_student(pipe: Any, source: str, cache_dir: str | None = None) -> Path:
     return path
 
 
-def single_file_family(path: Path) -> Family:
-    """The family of a single-file checkpoint, as diffusers infers its model type from the keys."""
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
+class SingleFileBaseError(ValueError):
+    """A single-file base that does not fit its configs (another model's file, a truncated file)."""
 
-    kind = infer_diffusers_model_type(load_single_file_checkpoint(str(path)))
+
+def single_file_kind(path: Path) -> tuple[str, Family, str]:
+    """(diffusers' model type of a single-file checkpoint, as it infers it from the keys; its divdistill family;
+    the repo diffusers takes its configs from by default)."""
+    from diffusers.loaders.single_file_utils import (
+        fetch_diffusers_config,
+        infer_diffusers_model_type,
+        load_single_file_checkpoint,
+    )
+
+    checkpoint = load_single_file_checkpoint(str(path))
+    kind = infer_diffusers_model_type(checkpoint)
     for prefix, name in SINGLE_FILE_FAMILIES:
         if kind.startswith(prefix):
-            return get_family(name)
+            return kind, get_family(name), fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
     raise ValueError(f"{path}: diffusers reads it as a {kind!r} checkpoint, which no divdistill family loads")
+
+
+def single_file_family(path: Path) -> Family:
+    """The family of a single-file checkpoint, as diffusers infers its model type from the keys."""
+    return single_file_kind(path)[1]
+
+
+def load_single_file_base(path: Path, cache_dir: str | None, dtype_kwargs: dict[str, Any], base_config: str | None):
+    """`from_single_file` with the configs of `base_config` (default: diffusers' repo for the file's model type),
+    refusing before sampling a file those configs do not describe: diffusers converts by key names and silently
+    leaves the tensors a file lacks empty (meta), so a foreign or truncated file would only fail, or worse not
+    fail, at sampling."""
+    kind, family, default_config = single_file_kind(path)
+    pipeline_class, _ = family.diffusers_classes()
+    config = base_config or default_config
+    declared = from_pretrained(pipeline_class.load_config, config, "configs of the single-file base",
+                               cache_dir=cache_dir).get("_class_name")  # fmt: skip
+    if declared != pipeline_class.__name__:
+        raise SingleFileBaseError(
+            f"{path.name}: diffusers reads it as a {kind!r} checkpoint (a {pipeline_class.__name__}), but its "
+            f"configs {config} are a {declared}'s; give base_config the model the file was fine-tuned from"
+        )
+    kwargs = {"cache_dir": cache_dir, **dtype_kwargs, **({"config": base_config} if base_config else {})}
+    try:
+        pipe = from_pretrained(pipeline_class.from_single_file, str(path), "single-file base", **kwargs)
+    except WeightsNotFoundError:
+        raise
+    except Exception as error:  # diffusers' converters raise KeyError, ValueError, SingleFileComponentError, ...
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise SingleFileBaseError(
+            f"{path.name} does not load as a {pipeline_class.__name__} with the configs of {config} "
+            f"({type(error).__name__}: {reason}); is it a complete checkpoint of that model?"
+        ) from error
+    empty = [f"{name}.{key}" for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)
+             for key, tensor in [*module.named_parameters(), *module.named_buffers()] if tensor.is_meta]  # fmt: skip
+    if empty:
+        raise SingleFileBaseError(
+            f"{path.name} lacks {len(empty)} tensor(s) of a {pipeline_class.__name__} with the configs of {config}: "
+            f"{', '.join(empty[:6])}{', ...' if len(empty) > 6 else ''}; is it a complete checkpoint of that model?"
+        )
+    return pipe
 
 
 def load_base(base: str, cache_dir: str | None, dtype_kwargs: dict[str, Any], base_config: str | None = None) -> Any:
@@ -159,10 +211,7 @@ def load_base(base: str, cache_dir: str | None, dtype_kwargs: dict[str, Any], ba
 
     path = Path(base)
     if path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
-        family = single_file_family(path)
-        pipeline_class, _ = family.diffusers_classes()
-        kwargs = {"cache_dir": cache_dir, **dtype_kwargs, **({"config": base_config} if base_config else {})}
-        return from_pretrained(pipeline_class.from_single_file, str(path), "single-file base", **kwargs)
+        return load_single_file_base(path, cache_dir, dtype_kwargs, base_config)
     return from_pretrained(
         DiffusionPipeline.from_pretrained, base, "base pipeline", cache_dir=cache_dir, **dtype_kwargs
     )
