@@ -154,11 +154,7 @@ def test_hub_holds_every_repo(offline_hub: Path):
 
 
 def test_same_seed_gives_bitwise_identical_hub(offline_hub: Path, tmp_path: Path):
-    import time
-
-    start = time.perf_counter()
     snapshots = build_offline_hub(tmp_path, seed=0)
-    assert time.perf_counter() - start < 20
     for repo_id, snap in snapshots.items():
         tree = snap.parent.parent / "trees" / f"{snap.name}.json"
         reference = offline_hub / tree.relative_to(tmp_path)

@@ -48,9 +48,13 @@ _FLUX_LAYERS = re.compile(r".*(attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v
 def student_layers(
     network: torch.nn.Module, seed: int = 0, rank: int = 4, magnitude: float = 0.3, flux: bool = False
 ) -> dict[str, LoraLayer]:
-    """A random student LoRA on the attention, feed-forward and resnet conv layers (alpha = rank: scale 1)."""
+    """A random student LoRA on the attention, feed-forward and resnet conv layers (alpha = rank: scale 1).
+
+    Each layer draws from its own generator (seed and module path), so its values do not depend on the order in
+    which the network's modules are listed."""
+    import hashlib
+
     pattern = _FLUX_LAYERS if flux else _UNET_LAYERS
-    generator = torch.Generator().manual_seed(seed)
     layers = {}
     for path, module in lora_targets(network).items():
         if not pattern.fullmatch(path):
@@ -60,6 +64,8 @@ def student_layers(
         else:
             kh, kw = module.kernel_size
             down_shape, up_shape = (rank, module.in_channels, kh, kw), (module.out_channels, rank, 1, 1)
+        digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
         down = magnitude * torch.randn(down_shape, generator=generator)
         up = magnitude * torch.randn(up_shape, generator=generator)
         layers[path] = LoraLayer(path, down, up, float(rank))
