@@ -18,7 +18,7 @@ from divdistill.families import FAMILIES, Family, SDFamily, family_of_network, g
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "divdistill"
 #: Where family knowledge lives; testing/ builds tiny pipelines of each family by design (test support).
-OWNERS = ("families", "presets.py", "testing")
+OWNERS = ("families", "presets", "testing")
 
 
 def _family_words() -> tuple[set[str], tuple[str, ...]]:
@@ -144,11 +144,12 @@ def test_families_call_diffusers_helpers_instead_of_copies() -> None:
 
 
 def test_presets_come_from_the_registry_and_entry_points() -> None:
-    """The pocket preset arrives through its entry point; presets.py never imports divdistill.pocket."""
+    """The pocket preset arrives through its entry point; the presets package never imports divdistill.pocket."""
     from divdistill import presets
 
     assert "pocket" in presets.PRESETS
-    tree = ast.parse((SRC / "presets.py").read_text())
-    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    trees = [ast.parse(path.read_text()) for path in sorted((SRC / "presets").glob("*.py"))]
+    assert len(trees) >= 2
+    imports = [node for tree in trees for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert not [node.module for node in imports if (node.module or "").startswith("divdistill.pocket")]
     assert all(get_family(preset.family) for preset in presets.PRESETS.values())
