@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.families.base import NetworkInputs, config_problems, vae_problems
-from divdistill.families.transformer import FlowFamily
+from divdistill.families.transformer import PackedFlowFamily
 
 #: The negative prompt Qwen-Image's model card passes to switch true CFG on ("using an empty string if you do
 #: not have specific concept to remove"; the pipeline needs one to run CFG at all).
@@ -61,12 +60,13 @@ def _padded(embeds: torch.Tensor, mask: torch.Tensor | None, length: int) -> tup
     return embeds, mask
 
 
-class QwenImageFamily(FlowFamily):
+class QwenImageFamily(PackedFlowFamily):
     """Qwen-Image (and its LoRA students, e.g. Qwen-Image-Lightning): Qwen2.5-VL prompts, true CFG or none."""
 
     name = "qwen-image"
     pipeline_class = "QwenImagePipeline"
     network_class = "QwenImageTransformer2DModel"
+    display_name = "Qwen-Image"
 
     def matches(self, pipe: Any) -> bool:
         """Text-to-image Qwen pipelines: the edit / layered ones share the network but take images too."""
@@ -121,19 +121,6 @@ class QwenImageFamily(FlowFamily):
         cond_norm = torch.norm(pack(cond), dim=-1, keepdim=True)
         noise_norm = torch.norm(combined, dim=-1, keepdim=True)
         return unpack(combined * (cond_norm / noise_norm), height, width)
-
-    def latent_shape(self, pipe, batch_size, height, width):
-        factor = pipe.vae_scale_factor * 2
-        if height % factor or width % factor:
-            raise ValueError(f"Qwen-Image needs height and width divisible by {factor}; got {height}x{width}.")
-        channels = self.network(pipe).config.in_channels // 4
-        return (batch_size, channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-
-    def image_seq_len(self, pipe, latent_shape):
-        return (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
-
-    def default_sigmas(self, num_inference_steps):
-        return list(np.linspace(1.0, 1 / num_inference_steps, num_inference_steps))
 
     def default_size(self, pipe):
         return pipe.default_sample_size * pipe.vae_scale_factor

@@ -252,7 +252,28 @@ def latent_image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
     return FluxPipeline._prepare_latent_image_ids(None, height // 2, width // 2, device, dtype)
 
 
-class FluxFamily(FlowFamily):
+class PackedFlowFamily(FlowFamily):
+    """Flow families whose transformer sees 2x2-packed latent tokens (FLUX.1, Qwen-Image): latents stay (B, C, H, W)
+    between steps, and the schedule's resolution shift counts the packed tokens."""
+
+    #: The family's name in messages ("FLUX needs height and width divisible by 16").
+    display_name = "FLUX"
+
+    def latent_shape(self, pipe, batch_size, height, width):
+        factor = pipe.vae_scale_factor * 2
+        if height % factor or width % factor:
+            raise ValueError(f"{self.display_name} needs height and width divisible by {factor}; got {height}x{width}.")
+        channels = self.network(pipe).config.in_channels // 4
+        return (batch_size, channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+    def image_seq_len(self, pipe, latent_shape):
+        return (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
+
+    def default_sigmas(self, num_inference_steps):
+        return list(np.linspace(1.0, 1 / num_inference_steps, num_inference_steps))
+
+
+class FluxFamily(PackedFlowFamily):
     """FLUX.1 dev / schnell: CLIP-L (pooled) and T5, MMDiT on packed latents, guidance as an embedding."""
 
     name = "flux"
@@ -314,19 +335,6 @@ class FluxFamily(FlowFamily):
             return_dict=False,
         )[0]
         return unpack_latents(output, height, width)
-
-    def latent_shape(self, pipe, batch_size, height, width):
-        factor = pipe.vae_scale_factor * 2
-        if height % factor or width % factor:
-            raise ValueError(f"FLUX needs height and width divisible by {factor}; got {height}x{width}.")
-        channels = self.network(pipe).config.in_channels // 4
-        return (batch_size, channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-
-    def image_seq_len(self, pipe, latent_shape):
-        return (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
-
-    def default_sigmas(self, num_inference_steps):
-        return list(np.linspace(1.0, 1 / num_inference_steps, num_inference_steps))
 
     def default_size(self, pipe):
         return self.default_sample_size * pipe.vae_scale_factor
