@@ -375,3 +375,43 @@ def runners(distilled: Any, hybrid: Any, size: int, output_type: str) -> tuple[C
         return run
 
     return diffusers_distilled, divdistill
+
+
+def compare_with_diffusers(variants: list[Variant], ours: Callable[..., Callable], hybrid: Any, meter: Any,
+                           identical: float, args: Any, device: torch.device, size: Any) -> int:  # fmt: skip
+    """The DiT benchmarks' common run: `variants` (diffusers' reference first, then divdistill's distilled, hybrid,
+    ...) interleaved, then the offloaded distilled and hybrid, the table, the identity check and the JSON; the
+    exit status (1: a tiny smoke run that is not identical, or --strict and a target missed)."""
+    run_interleaved(variants, args.rounds, meter, device, warmup=1, log=lambda m: print("  " + m, flush=True))
+    offloaded: list[Variant] = []
+    if not args.skip_offload:
+        resident_images = variants[1].last_images
+        hybrid.enable_model_cpu_offload(device)
+        offloaded = [
+            Variant("distilled-offload", ours(mode="distilled")),
+            Variant("hybrid-offload", ours(base_steps=1)),
+        ]
+        run_interleaved(offloaded, args.rounds, meter, device, warmup=1)
+        identical = max(identical, max_abs_diff(resident_images, offloaded[0].last_images))
+    reference_variant, distilled_variant = variants[0], variants[1]
+    rows, results, passed = [], {}, True
+    for variant in [*variants, *offloaded]:
+        entry = variant_record(variant)
+        cells = ["", "", "", ""]
+        if variant is not reference_variant and not variant.name.endswith("offload"):
+            cells, ok = timing_cells(entry, variant, reference_variant, distilled_variant)
+            passed &= ok
+        peak = entry.get("peak_memory_bytes")
+        rows.append([variant.name, variant.nfe, f"{entry['median_seconds']:.3f}", *cells,
+                     f"{peak / 2**30:.1f}" if peak else "-"])  # fmt: skip
+        results[variant.name] = entry
+    print(table(["variant", "NFE", "s/call", "ratio", "min-ratio", "target", "verdict", "peak GiB"], rows))
+    print(f"distilled vs diffusers (and offloaded vs resident) max |diff|: {identical:.3g}")
+    if args.tiny:
+        print(f"smoke test: {'OK' if identical == 0 else 'FAIL'} (tiny models: the timings above mean nothing)")
+    if args.json:
+        write_json(args.json, {"environment": environment(device), "tiny": args.tiny, "size": size,
+                               "identical": identical == 0, "max_abs_diff": identical, "results": results})  # fmt: skip
+    if identical != 0 and args.tiny:
+        return 1
+    return 1 if args.strict and not passed else 0

@@ -46,14 +46,9 @@ import torch
 from _bench import (
     UNetMeter,
     Variant,
-    environment,
+    compare_with_diffusers,
     max_abs_diff,
     quiet_libraries,
-    run_interleaved,
-    table,
-    timing_cells,
-    variant_record,
-    write_json,
 )
 from divdistill.defaults import SamplingDefaults
 from divdistill.loading import lora_pair_from_pipeline
@@ -171,39 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     meter = UNetMeter([network], device)
     variants = [Variant("diffusers-lightning", diffusers_lightning), Variant("distilled", ours(mode="distilled")),
                 Variant("hybrid", ours(base_steps=1)), Variant("hybrid-own", ours(segments=OWN_SEGMENTS))]  # fmt: skip
-    run_interleaved(variants, args.rounds, meter, device, warmup=1, log=lambda m: print("  " + m, flush=True))
-    offloaded: list[Variant] = []
-    if not args.skip_offload:
-        resident_images = variants[1].last_images
-        hybrid.enable_model_cpu_offload(device)
-        offloaded = [
-            Variant("distilled-offload", ours(mode="distilled")),
-            Variant("hybrid-offload", ours(base_steps=1)),
-        ]
-        run_interleaved(offloaded, args.rounds, meter, device, warmup=1)
-        identical = max(identical, max_abs_diff(resident_images, offloaded[0].last_images))
-    reference_variant, distilled_variant = variants[0], variants[1]
-    rows, results, passed = [], {}, True
-    for variant in [*variants, *offloaded]:
-        entry = variant_record(variant)
-        cells = ["", "", "", ""]
-        if variant is not reference_variant and not variant.name.endswith("offload"):
-            cells, ok = timing_cells(entry, variant, reference_variant, distilled_variant)
-            passed &= ok
-        peak = entry.get("peak_memory_bytes")
-        rows.append([variant.name, variant.nfe, f"{entry['median_seconds']:.3f}", *cells,
-                     f"{peak / 2**30:.1f}" if peak else "-"])  # fmt: skip
-        results[variant.name] = entry
-    print(table(["variant", "NFE", "s/call", "ratio", "min-ratio", "target", "verdict", "peak GiB"], rows))
-    print(f"distilled vs diffusers (and offloaded vs resident) max |diff|: {identical:.3g}")
-    if args.tiny:
-        print(f"smoke test: {'OK' if identical == 0 else 'FAIL'} (tiny models: the timings above mean nothing)")
-    if args.json:
-        write_json(args.json, {"environment": environment(device), "tiny": args.tiny, "size": size,
-                               "identical": identical == 0, "max_abs_diff": identical, "results": results})  # fmt: skip
-    if identical != 0 and args.tiny:
-        return 1
-    return 1 if args.strict and not passed else 0
+    return compare_with_diffusers(variants, ours, hybrid, meter, identical, args, device, size)
 
 
 if __name__ == "__main__":
