@@ -81,7 +81,8 @@ class VariantResult:
         from PIL import Image
 
         images = [Image.open(s.path).convert("RGB") for s in self.samples]
-        return labelled_grid([(self.variant.text, images)], [f"seed {s}" for s in self.seeds], cell=cell)
+        columns = [f"seed {s}" for s in self.seeds]  # the caption is the grid's title, inside the picture
+        return labelled_grid([(self.variant.text, images)], columns, title=self.caption(), cell=cell)
 
 
 def generate(state: AppState, prompt: str, seeds: Sequence[int], variant: Variant, sampling: AppSampling,

@@ -166,7 +166,7 @@ def build_app(state: AppState, load_error: str | None = None) -> Any:
             status = gr.Markdown(elem_id="compare-status")
             numbers = gr.Dataframe(headers=list(TABLE_HEADERS), label="numbers", elem_id="numbers", interactive=False)
             with gr.Column(elem_id="grids"):
-                grids = [gr.Image(type="pil", visible=False, elem_id=f"grid-{i}", show_label=True)
+                grids = [gr.Image(type="pil", visible=False, elem_id=f"grid-{i}", show_label=False)
                          for i in range(MAX_GRIDS)]  # fmt: skip
 
             def on_compare(*args: Any, progress: Any = PROGRESS) -> Iterator[tuple]:
