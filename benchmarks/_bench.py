@@ -415,3 +415,25 @@ def compare_with_diffusers(variants: list[Variant], ours: Callable[..., Callable
     if identical != 0 and args.tiny:
         return 1
     return 1 if args.strict and not passed else 0
+
+
+def dit_benchmark_setup(description: str, argv: list[str] | None) -> tuple[Any, torch.device, torch.dtype]:
+    """The DiT benchmarks' command line (--device, --tiny, --rounds, --skip-offload, --json, --strict), the device
+    (CUDA refused when absent; one CPU thread) and the dtype (bf16 on CUDA, fp32 for the CPU smoke run)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny components (smoke test of the code path)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
+    parser.add_argument("--skip-offload", action="store_true", help="leave out the model-CPU-offload variants")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a timing ratio FAILs")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("CUDA is not available; use --device cpu --tiny for a smoke test")
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    quiet_libraries()
+    return args, device, torch.bfloat16 if device.type == "cuda" else torch.float32

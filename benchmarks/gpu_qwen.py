@@ -34,7 +34,6 @@ Smoke test of the same code path on CPU with tiny components (seconds; run by te
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -47,8 +46,8 @@ from _bench import (
     UNetMeter,
     Variant,
     compare_with_diffusers,
+    dit_benchmark_setup,
     max_abs_diff,
-    quiet_libraries,
 )
 from divdistill.defaults import SamplingDefaults
 from divdistill.loading import lora_pair_from_pipeline
@@ -122,22 +121,8 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype, lora_dir: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--tiny", action="store_true", help="tiny components (smoke test of the code path)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
-    parser.add_argument("--skip-offload", action="store_true", help="leave out the model-CPU-offload variants")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a timing ratio FAILs")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("CUDA is not available; use --device cpu --tiny for a smoke test")
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    quiet_libraries()
+    args, device, dtype = dit_benchmark_setup(__doc__.splitlines()[0], argv)
     started = time.perf_counter()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = 64 if args.tiny else 1024
     with tempfile.TemporaryDirectory(prefix="divdistill-qwen-bench-") as tmp:
         hybrid, reference = build(args.tiny, device, dtype, Path(tmp))
