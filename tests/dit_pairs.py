@@ -161,3 +161,24 @@ class BaseTransformerForFirstCalls:
             )[0]
         uncond, cond = out.chunk(2)
         return (uncond + self.scale * (cond - uncond),)
+
+
+def trace_and_eval_preset(preset: str, cache: Any, out: Any, prompts: tuple[str, str]) -> tuple[dict, dict]:
+    """`divdistill trace` (base@steps3, distilled, hybrid; 2 seeds) and `divdistill eval` (distilled, hybrid; 2
+    images per prompt) on a preset from the offline cache at 64 px: (commitment curves by label, NFE per image by
+    variant), for the family tests to assert on."""
+    import json
+
+    from divdistill.cli.main import main
+
+    common = ["--preset", preset, "--cache-dir", str(cache), "--height", "64", "--width", "64"]
+    trace = ["trace", *common, "--prompt", prompts[0], "--seeds", "0-1", "--modes", "base@steps3,distilled,hybrid",
+             "--out", str(out / "trace")]  # fmt: skip
+    assert main(trace) == 0
+    curves = json.loads((out / "trace" / "curves.json").read_text())
+    commitment = {c["label"]: c for c in curves["curves"] if c["kind"] == "commitment"}
+    evaluate = ["eval", *common, "--prompt", prompts[0], "--prompt", prompts[1], "--seeds-per-prompt", "2",
+                "--modes", "distilled,hybrid", "--metrics", "diversity-pixel", "--out", str(out / "eval")]  # fmt: skip
+    assert main(evaluate) == 0
+    rows = json.loads((out / "eval" / "metrics.json").read_text())["sets"]
+    return commitment, {r["name"]: r["speed"]["nfe_per_image"] for r in rows}

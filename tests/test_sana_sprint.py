@@ -8,15 +8,14 @@ negative) inside the pipeline's own TrigFlow conversion; mode="base" is SanaPipe
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import torch
 from diffusers import SanaPipeline, SanaSprintPipeline
 
+from dit_pairs import trace_and_eval_preset
 from divdistill import HybridPipeline
-from divdistill.cli.main import main
 from divdistill.defaults import SamplingDefaults
 from divdistill.families import family_of
 from divdistill.families.sana import SANA, SanaFamily, scm_sigma
@@ -197,30 +196,7 @@ def test_missing_sprint_weights_name_the_repo_and_the_download(offline_hub, tmp_
 
 @pytest.mark.usefixtures("fresh_process_state")
 def test_trace_and_eval_run_on_the_sprint_preset(offline_hub, tmp_path) -> None:
-    common = ["--preset", "sana-sprint", "--cache-dir", str(offline_hub), "--height", "64", "--width", "64"]
-    trace = ["trace", *common, "--prompt", PROMPT, "--seeds", "0-1", "--modes", "base@steps3,distilled,hybrid",
-             "--out", str(tmp_path / "trace")]  # fmt: skip
-    assert main(trace) == 0
-    curves = json.loads((tmp_path / "trace" / "curves.json").read_text())
-    commitment = {c["label"]: c for c in curves["curves"] if c["kind"] == "commitment"}
+    commitment, nfe = trace_and_eval_preset("sana-sprint", offline_hub, tmp_path, (PROMPT, "a blue square"))
     assert commitment["hybrid"]["models"] == ["base", "distilled"]
     assert all(c["mean"][-1] == pytest.approx(0.0, abs=1e-6) for c in commitment.values())
-    evaluate = [
-        "eval",
-        *common,
-        "--prompt",
-        PROMPT,
-        "--prompt",
-        "a blue square",
-        "--seeds-per-prompt",
-        "2",
-        "--modes",
-        "distilled,hybrid",
-        "--metrics",
-        "diversity-pixel",
-        "--out",
-        str(tmp_path / "eval"),
-    ]
-    assert main(evaluate) == 0
-    rows = {r["name"]: r for r in json.loads((tmp_path / "eval" / "metrics.json").read_text())["sets"]}
-    assert {n: r["speed"]["nfe_per_image"] for n, r in rows.items()} == {"distilled": 2, "hybrid": 3}
+    assert nfe == {"distilled": 2, "hybrid": 3}
