@@ -47,6 +47,12 @@ def test_eta_on_a_scheduler_without_one_is_refused() -> None:
         pipe("a cat", **SIZE)
 
 
+@pytest.mark.parametrize("eta", [float("nan"), -0.1, 1.5])
+def test_an_eta_outside_0_1_is_refused(eta: float) -> None:
+    with pytest.raises(ValueError, match=r"eta must be between 0 and 1 \(DDIM's eta, TCD's gamma\), got"):
+        tcd_pair(eta)("a cat", **SIZE)
+
+
 def test_the_tcd_presets_carry_their_published_eta() -> None:
     assert get_preset("sdxl-tcd").defaults.eta == 0.3
     assert get_preset("hyper-sdxl").defaults_for(1).eta == 1.0 and get_preset("hyper-sdxl").defaults.eta == 0.0

@@ -84,6 +84,8 @@ def plan_stages(
         return [StagePlan("base", scheduler, own, guidance[0])]
 
     shared = fresh_scheduler(distilled.scheduler)
+    if not 0.0 <= settings.eta <= 1.0:  # also NaN: DDIM's eta and TCD's gamma are fractions of the noise
+        raise ValueError(f"eta must be between 0 and 1 (DDIM's eta, TCD's gamma), got {settings.eta}.")
     if settings.eta and "eta" not in inspect.signature(shared.step).parameters:
         raise ValueError(
             f"eta={settings.eta:g} does nothing on {type(shared).__name__}, whose step takes no eta; set it only "
