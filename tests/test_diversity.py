@@ -142,3 +142,17 @@ def test_the_sidecar_and_the_output_record_the_methods(pocket) -> None:
 def test_bad_methods_are_refused_with_one_line(text, message) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_diversity(text)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: CADS(noise=float("nan")), "cads noise must be a finite number >= 0"),
+        (lambda: ParticleGuidance(weight=float("inf")), "particle weight must be a finite number >= 0"),
+        (lambda: ParticleGuidance(weight=float("nan")), "particle weight must be a finite number >= 0"),
+        (lambda: IntervalGuidance(low=float("nan")), "interval needs 0 <= lo < hi"),
+    ],
+)
+def test_non_finite_method_settings_from_python_are_refused(make, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -50,8 +50,8 @@ class CADS:
     mix: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.noise < 0:
-            raise ValueError(f"cads noise must be >= 0, got {self.noise:g}; 0 is plain sampling.")
+        if not (math.isfinite(self.noise) and self.noise >= 0):  # NaN and inf too
+            raise ValueError(f"cads noise must be a finite number >= 0, got {self.noise:g}; 0 is plain sampling.")
         if not 0 <= self.low < self.high <= 1:
             raise ValueError(f"cads needs 0 <= lo < hi <= 1 (tau_1 < tau_2 on t/T), got {self.low:g}, {self.high:g}.")
         if not 0 <= self.mix <= 1:
@@ -72,7 +72,7 @@ class IntervalGuidance:
     high: float = 5.42
 
     def __post_init__(self) -> None:
-        if not 0 <= self.low < self.high:
+        if not (math.isfinite(self.low) and 0 <= self.low < self.high):  # hi may be inf (no upper bound)
             raise ValueError(f"interval needs 0 <= lo < hi (EDM sigma), got {self.low:g}, {self.high:g}.")
 
     @property
@@ -90,8 +90,8 @@ class ParticleGuidance:
     end: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"particle weight must be >= 0, got {self.weight:g}; 0 is plain sampling.")
+        if not (math.isfinite(self.weight) and self.weight >= 0):  # NaN and inf too
+            raise ValueError(f"particle weight must be a finite number >= 0, got {self.weight:g}; 0 is plain sampling.")
         if not 0 <= self.end <= 1:
             raise ValueError(f"particle end must be in [0, 1] (t/T), got {self.end:g}.")
 
