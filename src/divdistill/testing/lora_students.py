@@ -66,8 +66,9 @@ def student_layers(
             down_shape, up_shape = (rank, module.in_channels, kh, kw), (module.out_channels, rank, 1, 1)
         digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-        down = magnitude * torch.randn(down_shape, generator=generator)
-        up = magnitude * torch.randn(up_shape, generator=generator)
+        # float32 whatever torch's default dtype is at the moment (the hub's bytes must not depend on it)
+        down = magnitude * torch.randn(down_shape, generator=generator, dtype=torch.float32)
+        up = magnitude * torch.randn(up_shape, generator=generator, dtype=torch.float32)
         layers[path] = LoraLayer(path, down, up, float(rank))
     return layers
 
