@@ -237,11 +237,11 @@ def labelled_grid(
     rows: Sequence[tuple[str, Sequence[Any]]],
     columns: Sequence[str],
     title: str = "",
-    cell: int = 64,
+    cell: int | tuple[int, int] = 64,
     font_size: int = 11,
 ) -> Image.Image:
     """A grid with labelled rows and columns: one row per (label, images), one column per column label; images
-    are PIL or torch [3, H, W] (uint8 or float in [0, 1]), shown `cell` pixels square."""
+    are PIL or torch [3, H, W] (uint8 or float in [0, 1]), shown `cell` pixels square (or (width, height))."""
     if not rows:
         raise ValueError("labelled_grid needs at least one row.")
     face = font(font_size)
@@ -249,7 +249,8 @@ def labelled_grid(
     title_height = text_size(title, face)[1] + 6 if title else 0
     header = title_height + max([text_size(text, face)[1] for text in columns] + [0]) + 8
     width = max([len(columns)] + [len(images) for _, images in rows])
-    grid = Grid(len(rows), width, (cell, cell), header=header, label=label_width, padding=2, ink=(30, 30, 30))
+    size = (cell, cell) if isinstance(cell, int) else (int(cell[0]), int(cell[1]))
+    grid = Grid(len(rows), width, size, header=header, label=label_width, padding=2, ink=(30, 30, 30))
     if title:
         grid.title(title, face)
     for column, text in enumerate(columns):
