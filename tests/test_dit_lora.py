@@ -147,11 +147,3 @@ def test_kohya_flux_lora_that_does_not_fit_the_model_names_the_reason() -> None:
     assert not layers and not report.complete
     assert len(report.mismatched) == 20  # a real-width LoRA on the tiny model: each layer says what it expected
     assert "the model has Linear(32 -> 32)" in report.mismatched[0] or "expected" in report.mismatched[0]
-
-
-def test_slider_training_on_a_transformer_pair_says_what_works_instead() -> None:
-    from divdistill.control.train import SliderConfig, SliderTrainer
-
-    pipe = PAIRS["sd3"]().hybrid()
-    with pytest.raises(ValueError, match=r"Slider training supports UNet models \(sd, sdxl\); this pair is sd3"):
-        SliderTrainer(pipe, SliderConfig(target="a circle", positive="a large circle", negative="a small circle"))

@@ -87,7 +87,8 @@ def test_register_and_look_up_families() -> None:
     assert [f.name for f in FAMILIES][:5] == ["sdxl", "sd", "pixart", "sd3", "flux"]  # then issue 15's
     assert {"flux2", "sana"} <= {f.name for f in FAMILIES}
     assert get_family("flux").network_component == "transformer"
-    assert get_family("sd").slider is not None and get_family("sd3").slider is None
+    assert all(get_family(name).slider is not None for name in ("sd", "pixart", "sd3", "flux"))
+    assert get_family("sana").slider is None
     assert get_family("flux").kohya.rewrites_tensors and not get_family("sdxl").kohya.rewrites_tensors
     assert get_family("sd3").text_components == (
         "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3",

@@ -293,26 +293,33 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str,
 
 
 def save_lora(
-    layers: dict[str, LoraLayer], path: str | Path, format: str = "diffusers", info: dict[str, Any] | None = None
+    layers: dict[str, LoraLayer],
+    path: str | Path,
+    format: str = "diffusers",
+    info: dict[str, Any] | None = None,
+    network: str = "unet",
 ) -> Path:
     """Write `layers` in one of the formats `read_lora` reads (atomically).
 
-    diffusers: safetensors with `unet.`-prefixed PEFT keys and the LoRA config in the header, exactly what
-    `pipe.save_lora_weights` writes (so `pipe.load_lora_weights(path)` loads it); kohya: Concept-Sliders keys
-    (`lora_unet_<path with _>.lora_down.weight`, `.lora_up.weight`, `.alpha`) as .safetensors or .pt; peft: a
+    diffusers: safetensors with `<network>.`-prefixed PEFT keys and the LoRA config in the header, exactly what
+    `pipe.save_lora_weights` writes (so `pipe.load_lora_weights(path)` loads it; `network` is the pipeline's
+    component, "unet" or "transformer"); kohya: Concept-Sliders keys (`lora_unet_<path with _>.lora_down.weight`,
+    `.lora_up.weight`, `.alpha`; `lora_transformer_...` for a transformer) as .safetensors or .pt; peft: a
     folder with adapter_model.safetensors and adapter_config.json.
     """
     path = Path(path)
+    if network not in ("unet", "transformer"):
+        raise ValueError(f"network must be 'unet' or 'transformer', got {network!r}")
     if format == "diffusers":
         if path.suffix != ".safetensors":
             raise ValueError("diffusers-format LoRA files are .safetensors")
-        config = {f"unet.{k}": v for k, v in peft_config(layers).items()}
+        config = {f"{network}.{k}": v for k, v in peft_config(layers).items()}
         header = {**_header(info), METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
-        return _atomic_save(peft_state_dict(layers, "unet."), path, header)
+        return _atomic_save(peft_state_dict(layers, f"{network}."), path, header)
     if format == "kohya":
         tensors = {}
         for p, layer in layers.items():
-            name = KOHYA_UNET + p.replace(".", "_")
+            name = f"lora_{network}_" + p.replace(".", "_")
             tensors[f"{name}.lora_down.weight"] = layer.down
             tensors[f"{name}.lora_up.weight"] = layer.up
             tensors[f"{name}.alpha"] = torch.tensor(float(layer.alpha))

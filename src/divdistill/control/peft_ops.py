@@ -34,6 +34,21 @@ def load_adapter(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], co
     model.peft_config[name] = lora_config
 
 
+def add_initialised(model: torch.nn.Module, config: Any, name: str) -> None:
+    """Add a freshly initialised adapter `name` (a peft `LoraConfig`) to `model`, as `add_adapter` does (PEFT
+    draws lora_A from torch's global RNG and zeroes lora_B), and make it the active one."""
+    if has_mixin(model):
+        model.add_adapter(config, adapter_name=name)
+        return
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, model, adapter_name=name)
+    if not hasattr(model, "peft_config"):
+        model.peft_config = {}
+    model.peft_config[name] = config
+    set_active(model, [name], [1.0])
+
+
 def set_active(model: torch.nn.Module, names: list[str], weights: list[float]) -> None:
     """Exactly `names` active with `weights`; adapters enabled (`divdistill.pipeline.student.set_active`)."""
     student.set_active(model, dict(zip(names, weights, strict=True)))

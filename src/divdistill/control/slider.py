@@ -67,15 +67,23 @@ def slider_modules(
 ) -> list[str]:
     """Module paths a Concept Slider trains (Linear/Conv2d inside the blocks its LoRANetwork wraps).
 
-    `method` filters by name as LoRANetwork does: "noxattn" all but cross-attention (attn2), "xattn" only attn2,
-    "selfattn" only attn1, "full" everything. Existing PEFT wrappers are seen through. The blocks are the
-    family's (`training`; None: those of the family of the network's class).
+    `method` filters by name as LoRANetwork does: "noxattn" all but cross-attention (attn2 in a UNet or PixArt),
+    "xattn" only cross-attention, "selfattn" only self-attention (attn1), "full" everything; the fragments are the
+    family's (`SliderTraining.cross_attention` / `self_attention`). Joint-attention networks (SD3, FLUX) have no
+    separate cross- or self-attention layers: "xattn" and "selfattn" are refused there. Existing PEFT wrappers
+    are seen through. The blocks are the family's (`training`; None: those of the family of the network's class).
     """
     if training is None:
         family = family_of_network(unet)
         training = family.slider if family is not None else None
     if training is None:
         raise ValueError(f"no model family says which layers of a {type(unet).__name__} a slider trains")
+    fragments = {"xattn": training.cross_attention, "selfattn": training.self_attention}
+    if method in fragments and not fragments[method]:
+        raise ValueError(
+            f"train_method {method!r} needs separate cross- and self-attention layers, and the "
+            f"{type(unet).__name__}'s attention is joint (text and image in one layer); use 'noxattn' or 'full'"
+        )
     targets = lora_targets(unet)
     paths: list[str] = []
     for name, block in unet.named_modules():
@@ -86,7 +94,9 @@ def slider_modules(
             if not path.startswith(name + ".") or path in paths:
                 continue
             child = path[len(name) + 1 :]
-            keep = {"noxattn": "attn2" not in child, "xattn": "attn2" in child, "selfattn": "attn1" in child}
+            cross = any(fragment in child for fragment in training.cross_attention)
+            own = any(fragment in child for fragment in training.self_attention)
+            keep = {"noxattn": not cross, "xattn": cross, "selfattn": own}
             if keep.get(method, True):
                 paths.append(path)
     return paths

@@ -1,6 +1,6 @@
 """Train a text Concept Slider (Gandikota et al., 2023) on the base or the distilled model of a pair.
 
-Objective, per iteration (the Concept Sliders / LECO recipe):
+Objective, per iteration (the Concept Sliders / LECO recipe; `divdistill.control.objective` holds the maths):
   1. k ~ U{1, ..., denoise_steps - 1}; x_T ~ N(0, I); with the LoRA on, run k DDIM steps (on the model's own
      training noise schedule, `denoise_steps` steps, `denoise_guidance` classifier-free guidance, target prompt)
      to get x_t, t = the k-th DDIM timestep.
@@ -8,13 +8,20 @@ Objective, per iteration (the Concept Sliders / LECO recipe):
      the target prompt).
   3. With the LoRA on, minimise || eps_lora(x_t, c_target) - [eps(x_t, c_neutral) + s * eta * (eps(x_t, c_positive)
      - eps(x_t, c_negative))] ||^2, s = +1 ("enhance") or -1 ("erase").
-The LoRA is a PEFT LoRA (rank 4, alpha 1, lr 2e-4 by default; AdamW) on every Linear/Conv2d of the UNet's
-Transformer2DModel blocks except cross-attention ("noxattn") and of ResnetBlock2D / Downsample2D / Upsample2D.
+That is the epsilon objective of the VP families (SD, SDXL, PixArt; PixArt's learned-sigma channels are dropped).
+Flow families (SD3, FLUX) train the velocity objective of the FLUX slider reference instead: x_t after k ~ U{0,
+..., denoise_steps - 1} steps of the model's own flow sampler with the LoRA off, velocities in place of eps, and
+the target rescaled to the norm of v(x_t, c_positive). The family of the pair decides.
+The LoRA is a PEFT LoRA (rank 4, alpha 1, lr 2e-4 by default; AdamW) on the layers the family's
+`SliderTraining` names: on UNets every Linear/Conv2d of the Transformer2DModel blocks except cross-attention
+("noxattn") and of ResnetBlock2D / Downsample2D / Upsample2D; on PixArt the DiT blocks' self-attention and
+feed-forward linears; on SD3 and FLUX every attention linear of the transformer blocks (joint attention).
 
 Every random draw comes from one generator seeded with `seed`; checkpoints hold the LoRA weights, the optimizer
 state and the generator (and torch's) RNG states, so a run resumed from a checkpoint ends with bit-identical
-weights to an uninterrupted one. The result is a diffusers-format safetensors file (`load_lora_weights` loads it)
-that records the prompts, the model it was trained on and its family in its header.
+weights to an uninterrupted one. The result is a diffusers-format safetensors file (`unet.` or `transformer.`
+keys: `load_lora_weights` loads it; PixArt's pipeline has no LoRA loader, its transformer takes the same file
+with `peft`) that records the prompts, the model it was trained on and its family in its header.
 """
 
 from __future__ import annotations
@@ -96,7 +103,7 @@ def train_slider(
                 if callback is not None:
                     callback(trainer.state.step, loss)
         layers = trainer.layers()
-        save_lora(layers, result, format, info=trainer.info())
+        save_lora(layers, result, format, info=trainer.info(), network=trainer.family.network_component)
         record = {
             "config": config.to_dict(),
             "file": result.name,

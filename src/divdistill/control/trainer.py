@@ -1,21 +1,24 @@
 """The Concept Slider trainer: a LoRA on one model of a pair, its loss, and its resumable state (see
-`divdistill.control.train` for the objective)."""
+`divdistill.control.train` for the recipe and `divdistill.control.objective` for the per-convention maths:
+epsilon on VP families, velocity on flow families; the family of the pair decides)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+import divdistill.control.peft_ops as peft_ops
 from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.control.formats import LoraLayer
+from divdistill.control.objective import objective_for
 from divdistill.control.slider import SliderConfig, slider_modules
-from divdistill.conventions import alpha_prod_at
 from divdistill.denoiser import GuidedDenoiser
 from divdistill.families import FAMILIES
-from divdistill.prediction import to_x0_and_eps
 from divdistill.sampling import Stage, sample
 
 ADAPTER = "slider"
@@ -28,7 +31,8 @@ def _cat(conditionings: list[Conditioning]) -> Conditioning:
     added = None
     if conditionings[0].added is not None:
         added = {k: torch.cat([c.added[k] for c in conditionings]) for k in conditionings[0].added}
-    return Conditioning(hidden_states=torch.cat([c.hidden_states for c in conditionings]), added=added)
+    hidden_states = torch.cat([c.hidden_states for c in conditionings])
+    return Conditioning(hidden_states=hidden_states, added=added, extra=conditionings[0].extra)
 
 
 def _ddim(scheduler: Any) -> Any:
@@ -59,8 +63,8 @@ class TrainState:
 class SliderTrainer:
     """A Concept Slider being trained on one model of a `HybridPipeline` (use as a context manager).
 
-    The LoRA lives on the pipeline's UNet while the trainer is open (as the PEFT adapter "slider"); `close()`
-    takes it out and restores the UNet's requires_grad flags.
+    The LoRA lives on the pipeline's denoising network (UNet or transformer) while the trainer is open (as the
+    PEFT adapter "slider"); `close()` takes it out and restores the network's requires_grad flags.
     """
 
     def __init__(self, pipe: Any, config: SliderConfig, device: torch.device | str | None = None):
@@ -71,10 +75,11 @@ class SliderTrainer:
         if self.family.slider is None:
             trainable = ", ".join(sorted(f.name for f in FAMILIES if f.slider is not None))
             raise ValueError(
-                f"Slider training supports UNet models ({trainable}); this pair is "
+                f"Slider training supports the {trainable} families; this pair is "
                 f"{self.family.name}. Sliders and LoRAs trained elsewhere for {self.family.name} models apply with "
                 "`divdistill control` / `--lora` (diffusers/PEFT files, and kohya files for FLUX)."
             )
+        self.objective = objective_for(self.family.convention.name)
         self.unet = self.family.network(self.model_pipe)
         self.device = torch.device(device) if device is not None else self.unet.device
         self.state = TrainState()
@@ -93,7 +98,7 @@ class SliderTrainer:
 
         config = self.config
         if ADAPTER in (getattr(self.unet, "peft_config", None) or {}):
-            raise ValueError(f"The {config.on} UNet already holds an adapter named {ADAPTER!r}.")
+            raise ValueError(f"The {config.on} {self.family.network_label} already holds an adapter named {ADAPTER!r}.")
         self._grad_flags = {name: p.requires_grad for name, p in self.unet.named_parameters()}
         self.unet.requires_grad_(False)
         self.paths = slider_modules(self.unet, config.train_method, config.conv, self.family.slider)
@@ -101,7 +106,7 @@ class SliderTrainer:
         try:
             with torch.random.fork_rng(devices=[]):  # PEFT draws lora_A's init from torch's global RNG
                 torch.manual_seed(config.seed)
-                self.unet.add_adapter(lora, adapter_name=ADAPTER)
+                peft_ops.add_initialised(self.unet, lora, ADAPTER)
         except BaseException:
             for name, param in self.unet.named_parameters():
                 param.requires_grad_(self._grad_flags.get(name, False))
@@ -115,7 +120,7 @@ class SliderTrainer:
 
     def _prepare(self) -> None:
         config = self.config
-        self.unet.set_adapters([ADAPTER], [1.0])
+        peft_ops.set_active(self.unet, [ADAPTER], [1.0])
         self.params = []
         for name, param in self.unet.named_parameters():
             if f".{ADAPTER}." in name and (".lora_A." in name or ".lora_B." in name):
@@ -125,16 +130,23 @@ class SliderTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self._encode()
-        self.scheduler = _ddim(self.model_pipe.scheduler)
-        self.scheduler.set_timesteps(config.denoise_steps, device=self.device)
+        self.latent_shape = self.family.latent_shape(self.model_pipe, config.batch_size, self.size, self.size)
+        if self.objective.name == "epsilon":  # DDIM on the training noise schedule (Concept Sliders / LECO)
+            self.scheduler = _ddim(self.model_pipe.scheduler)
+        else:  # the model's own flow sampler and sigma grid (the FLUX slider reference runs its pipeline)
+            self.scheduler = type(self.model_pipe.scheduler).from_config(self.model_pipe.scheduler.config)
+        self._set_schedule()
+
+    def _set_schedule(self) -> None:
+        """(Re)set the sampler's timesteps; this also rewinds the step index flow schedulers keep between steps."""
+        steps = self.config.denoise_steps
+        self.family.set_schedule(self.model_pipe, self.scheduler, steps, None, self.device, self.latent_shape)
 
     def close(self) -> None:
         if not self._open:
             return
         self._open = False
-        self.unet.delete_adapters(ADAPTER)
-        if not getattr(self.unet, "peft_config", None):
-            self.unet.unload_lora()
+        peft_ops.delete(self.unet, ADAPTER)
         for name, param in self.unet.named_parameters():
             param.requires_grad_(self._grad_flags.get(name, False))
 
@@ -152,6 +164,7 @@ class SliderTrainer:
                 height=size,
                 width=size,
                 device=self.device,
+                max_sequence_length=self.pipe.defaults.max_sequence_length,
             )
             return self.family.encode(pipe, request)
 
@@ -165,6 +178,9 @@ class SliderTrainer:
             defaults = self.pipe.defaults
             guidance = 3.0 if config.on == "base" else float(defaults.guidance_scale)
         self.denoise_guidance = guidance
+        # The frozen and the trained predictions: the conditional branch of a CFG network; a network that embeds
+        # its guidance (FLUX.1-dev, LCM) sees the same scale as while denoising (the FLUX slider reference).
+        self.prediction_guidance = guidance if self.family.embeds_guidance(self.unet) else 1.0
 
     def _denoiser(self, conditioning: Conditioning, guidance: float) -> GuidedDenoiser:
         return GuidedDenoiser(
@@ -172,42 +188,51 @@ class SliderTrainer:
             network=self.unet,
             conditioning=conditioning,
             guidance_scale=guidance,
-            prediction_type=self.scheduler.config.prediction_type,
+            prediction_type=self.family.prediction_type(self.model_pipe),
             dtype=self.dtype,
             family=self.family,
         )
 
-    def _eps(self, denoiser: GuidedDenoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        output = denoiser(x, t)
-        _, eps = to_x0_and_eps(output, denoiser.prediction_type, x, alpha_prod_at(self.scheduler, t))
-        return eps
+    def _predict(self, denoiser: GuidedDenoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's output in the objective's space (epsilon or velocity)."""
+        return self.objective.prediction(denoiser(x, t), denoiser.prediction_type, x, self.scheduler, t)
+
+    @contextmanager
+    def _slider_off(self) -> Iterator[None]:
+        """The frozen model: the slider's layers bypassed (PEFT flags only), on again afterwards."""
+        peft_ops.disable(self.unet)
+        try:
+            yield
+        finally:
+            peft_ops.set_active(self.unet, [ADAPTER], [1.0])
 
     # ------------------------------------------------------------------------------------------- one step
     def _draw(self, generator: torch.Generator) -> tuple[int, torch.Tensor]:
         config = self.config
-        k = int(torch.randint(1, config.denoise_steps, (1,), generator=generator).item())
-        shape = self.family.latent_shape(self.model_pipe, config.batch_size, self.size, self.size)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        return k, noise.to(device=self.device, dtype=self.dtype) * self.scheduler.init_noise_sigma
+        k = int(torch.randint(self.objective.first_step, config.denoise_steps, (1,), generator=generator).item())
+        noise = torch.randn(self.latent_shape, generator=generator, dtype=torch.float32)
+        noise = noise.to(device=self.device, dtype=self.dtype)
+        return k, self.family.convention.initial_latents(self.scheduler, noise, self.scheduler.timesteps[0], False)
 
     def loss(self, k: int, noise: torch.Tensor) -> torch.Tensor:
-        """The slider loss at the k-th DDIM timestep from x_T = noise (LoRA on while denoising; see module doc)."""
+        """The slider loss at the sampler's k-th timestep from x_T = noise (see `divdistill.control.objective`)."""
+        self._set_schedule()
         timesteps = self.scheduler.timesteps
         with torch.no_grad():
             guided = self._denoiser(self.target, self.denoise_guidance)
             stage = Stage(self.config.on, guided, self.scheduler, timesteps[:k], self.family.convention)
-            x_t, _ = sample(noise, [stage])
+            if self.objective.denoise_with_slider:
+                x_t, _ = sample(noise, [stage])
+            else:
+                with self._slider_off():
+                    x_t, _ = sample(noise, [stage])
             t = timesteps[k]
-            self.unet.disable_adapters()
-            try:
-                batch = x_t.shape[0]
-                references = self._eps(self._denoiser(self.references, 1.0), torch.cat([x_t] * 3), t)
-            finally:
-                self.unet.enable_adapters()
-            neutral, positive, negative = references.split(batch)
-            sign = 1.0 if self.config.action == "enhance" else -1.0
-            goal = neutral + sign * self.config.eta * (positive - negative)
-        prediction = self._eps(self._denoiser(self.target, 1.0), x_t, t)  # guidance 1: the prompt branch only
+            with self._slider_off():
+                frozen = self._denoiser(self.references, self.prediction_guidance)
+                references = self._predict(frozen, torch.cat([x_t] * 3), t)
+            neutral, positive, negative = references.split(x_t.shape[0])
+            goal = self.objective.target(neutral, positive, negative, self.config.eta, self.config.action)
+        prediction = self._predict(self._denoiser(self.target, self.prediction_guidance), x_t, t)
         return torch.nn.functional.mse_loss(prediction.float(), goal.float())
 
     def step(self) -> float:
@@ -246,6 +271,7 @@ class SliderTrainer:
     def checkpoint(self) -> dict[str, Any]:
         checkpoint = {
             "version": 1,
+            "family": self.family.name,
             "step": self.state.step,
             "losses": list(self.state.losses),
             "seconds": self.state.seconds,
@@ -265,6 +291,9 @@ class SliderTrainer:
         differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if differ:
             raise ValueError(f"the checkpoint was made with other settings ({', '.join(differ)})")
+        family = checkpoint.get("family", self.family.name)
+        if family != self.family.name:
+            raise ValueError(f"the checkpoint was made on a {family} model and this pair is {self.family.name}")
         if len(checkpoint["lora"]) != len(self.params):
             raise ValueError("the checkpoint's LoRA has another number of tensors than this model's slider")
         with torch.no_grad():
@@ -283,6 +312,7 @@ class SliderTrainer:
         return {
             "kind": "concept-slider",
             "family": self.family.name,
+            "objective": self.objective.name,
             "trained_on": config.on,
             "model": getattr(self.pipe, "name", None),
             "concept": config.positive,

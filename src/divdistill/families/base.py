@@ -23,12 +23,18 @@ class SliderTraining:
     """How `divdistill slider train` finds a family's trainable layers (the Concept Sliders LoRANetwork's choice).
 
     `blocks` are the network's block classes whose Linear/Conv2d layers a slider trains; `conv_blocks` the
-    blocks whose convolutions it adds with `conv=True`. Families without one cannot train sliders (their VP
-    objective and layer choice are not implemented), though their LoRAs still apply.
+    blocks whose convolutions it adds with `conv=True`. `cross_attention` / `self_attention` are the name
+    fragments (within a block) of its cross- and self-attention layers, which the train methods filter on
+    ("noxattn" leaves cross-attention out, "xattn" keeps only it, "selfattn" only self-attention); empty for
+    joint attention (SD3, FLUX: text and image tokens attend in one layer), where only "noxattn" and "full"
+    apply. Families without one cannot train sliders (their objective and layer choice are not implemented),
+    though their LoRAs still apply.
     """
 
     blocks: tuple[str, ...]
     conv_blocks: tuple[str, ...] = ()
+    cross_attention: tuple[str, ...] = ("attn2",)
+    self_attention: tuple[str, ...] = ("attn1",)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ class Family(ABC):
     #: Components its published repos leave out, loaded from their own repo and passed to `from_pretrained`
     #: (HiDream's Llama encoder): {component: (repo, transformers class, its from_pretrained keyword arguments)}.
     external_components: ClassVar[dict[str, tuple[str, str, dict[str, Any]]]] = {}
+    #: Video families sample 5-D latents [B, C, F', H', W'] and decode to clips (`num_frames` is theirs only).
+    video: ClassVar[bool] = False
+    #: Pipeline config entries (not components) a pipeline assembled from another's components keeps (Wan 2.2's
+    #: `boundary_ratio`); `divdistill.loading.assemble` passes them on.
+    pipeline_config: ClassVar[tuple[str, ...]] = ()
 
     @property
     def text_components(self) -> tuple[str, ...]:
@@ -193,6 +204,45 @@ class Family(ABC):
     def default_size(self, pipe: Any) -> int:
         """Native resolution in pixels."""
         return self.network(pipe).config.sample_size * pipe.vae_scale_factor
+
+    def default_height_width(self, pipe: Any) -> tuple[int, int]:
+        """(height, width) a call samples at when none is asked (the pipeline's defaults; square for images)."""
+        size = self.default_size(pipe)
+        return size, size
+
+    # ------------------------------------------------------------------------------------------- video
+    def default_num_frames(self, pipe: Any) -> int | None:
+        """Frames of a clip when none is asked (None: an image family)."""
+        return None
+
+    def sample_shape(
+        self, pipe: Any, batch_size: int, height: int, width: int, num_frames: int | None = None
+    ) -> tuple[int, ...]:
+        """The initial latent's shape for a call; `num_frames` only for video families (refused here)."""
+        if num_frames is not None:
+            raise ValueError(
+                f"num_frames is for video pairs; this pair is of the {self.name} family and makes images. "
+                "Leave num_frames out."
+            )
+        return self.latent_shape(pipe, batch_size, height, width)
+
+    def latent_dtype(self, pipe: Any, text_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the initial noise is drawn in (the prompt embeddings' unless the pipeline draws float32)."""
+        return text_dtype
+
+    # ------------------------------------------------------------------------------------------- experts
+    def experts(self, pipe: Any) -> tuple[torch.nn.Module, ...]:
+        """The denoising networks of a pipeline, in `expert_runs` order (one but for mixtures of experts)."""
+        return (self.network(pipe),)
+
+    def expert_runs(self, pipe: Any, timesteps: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """`timesteps` cut into consecutive runs by the expert the pipeline's own rule picks for them, as (index
+        into `experts`, timesteps): expert 1 runs at `guidance_scale_2` (Wan 2.2's low-noise transformer_2)."""
+        return [(0, timesteps)]
+
+    def expert_lora_kwargs(self, index: int) -> dict[str, Any]:
+        """`load_lora_weights` keyword arguments that put a LoRA on expert `index` (none: the network itself)."""
+        return {}
 
 
 def config_problems(kind: str, base: Any, distilled: Any, keys: Sequence[str]) -> list[str]:

@@ -24,7 +24,14 @@ import torch
 
 from divdistill.conditioning import Conditioning, PromptRequest
 from divdistill.conventions import FLOW, FLOW_PREDICTION, exact_sigma_scheduler
-from divdistill.families.base import Family, KohyaConversion, NetworkInputs, config_problems, vae_problems
+from divdistill.families.base import (
+    Family,
+    KohyaConversion,
+    NetworkInputs,
+    SliderTraining,
+    config_problems,
+    vae_problems,
+)
 
 
 def _decode_shifted(pipe: Any, latents: torch.Tensor, output_type: str) -> Any:
@@ -56,6 +63,9 @@ class PixArtFamily(Family):
     network_component = "transformer"
     network_label = "transformer"
     supports_resolution_binning = True
+    #: Sliders train the DiT blocks' linears as the UNet recipe trains its transformer blocks' (self-attention
+    #: attn1, cross-attention attn2 to the T5 caption, feed-forward ff): "noxattn" leaves attn2 out.
+    slider = SliderTraining(blocks=("BasicTransformerBlock",))
 
     def matches(self, pipe: Any) -> bool:
         return self.owns_network(getattr(pipe, "transformer", None))
@@ -193,6 +203,9 @@ class SD3Family(FlowFamily):
     network_class = "SD3Transformer2DModel"
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    #: Sliders train every joint-attention linear of the MMDiT blocks (image and text projections, SD3.5's extra
+    #: image self-attention attn2 included), as the FLUX slider reference trains FLUX's (see FluxFamily).
+    slider = SliderTraining(blocks=("Attention",), cross_attention=(), self_attention=())
 
     def encode(self, pipe, request: PromptRequest):
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
@@ -283,6 +296,9 @@ class FluxFamily(PackedFlowFamily):
     tokenizers = ("tokenizer", "tokenizer_2")
     #: kohya FLUX files name Black Forest Labs' modules with fused qkv: diffusers' converter splits the tensors.
     kohya = KohyaConversion("FluxPipeline", rewrites_tensors=True)
+    #: Sliders train every attention linear of the double- and single-stream blocks, nothing else: the modules
+    #: rohitgandikota/sliders' flux-sliders LoRANetwork wraps (class Attention, now FluxAttention; "xattn").
+    slider = SliderTraining(blocks=("FluxAttention",), cross_attention=(), self_attention=())
     default_sample_size = 128  # FluxPipeline: 128 latent pixels, i.e. 1024 px with the 8x VAE
 
     def embeds_guidance(self, network) -> bool:
