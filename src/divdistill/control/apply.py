@@ -21,16 +21,15 @@ resets every LoRA scale to 1 after a call at scale 0, losing the adapter weights
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import divdistill.control.kinds as kinds
 import divdistill.control.peft_ops as peft_ops
 from divdistill.adapter_spec import check_adapter_scale
 from divdistill.control.formats import (
@@ -43,61 +42,10 @@ from divdistill.control.formats import (
     read_lora,
     resolve,
 )
+from divdistill.control.patch import NetworkPatches
+from divdistill.control.record import MODELS, TARGETS, AppliedAdapter, file_digest, models_for
 
-MODELS = ("base", "distilled")
-TARGETS = ("base", "distilled", "both")
-
-
-def models_for(on: str) -> tuple[str, ...]:
-    if on not in TARGETS:
-        raise ValueError(f"on must be one of {TARGETS}, got {on!r}.")
-    return MODELS if on == "both" else (on,)
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (name and content, sorted), to tell adapters apart on resume."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass
-class AppliedAdapter:
-    """One adapter in an `AdaptedPipeline`: its PEFT name, scale, models, start timestep and match reports."""
-
-    name: str
-    source: str
-    format: str
-    scale: float
-    models: tuple[str, ...]
-    start: float | None = None
-    reports: dict[str, MatchReport] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def on_at(self, timestep: float | None) -> bool:
-        """Whether the adapter contributes at this timestep (None: ignoring its start)."""
-        if self.scale == 0:
-            return False
-        return timestep is None or self.start is None or timestep <= self.start
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "format": self.format,
-            "scale": self.scale,
-            "on": list(self.models),
-            "start": self.start,
-            "match": {model: report.summary() for model, report in self.reports.items()},
-        }
-
+__all__ = ["MODELS", "TARGETS", "AdaptedPipeline", "AppliedAdapter", "apply_adapters", "file_digest", "models_for"]
 
 def inject(unet: torch.nn.Module, layers: dict[str, LoraLayer], name: str) -> None:
     """Load resolved layers into `unet` as the PEFT adapter `name` (diffusers' `load_lora_adapter`), and check."""
@@ -161,10 +109,11 @@ class AdaptedPipeline:
         self.pipe = pipe
         self.strict = strict
         self._adapters: dict[str, AppliedAdapter] = {}
+        self.patches = NetworkPatches()  # the weight patches of deltas and Custom Diffusion (kinds, patch)
 
     # ------------------------------------------------------------------------------------------- access
     def __getattr__(self, name: str) -> Any:
-        if name in ("pipe", "_adapters", "strict"):
+        if name in ("pipe", "_adapters", "strict", "patches"):
             raise AttributeError(name)
         return getattr(self.pipe, name)
 
@@ -182,8 +131,8 @@ class AdaptedPipeline:
             raise KeyError(f"no adapter named {name!r}; loaded: {', '.join(self._adapters) or 'none'}") from None
 
     def active(self, model: str, timestep: float | None = None) -> list[AppliedAdapter]:
-        """Adapters of `model` that contribute (scale not 0), at `timestep` if given."""
-        return [a for a in self._adapters.values() if model in a.models and a.on_at(timestep)]
+        """PEFT adapters of `model` that contribute (scale not 0), at `timestep` if given."""
+        return [a for a in self._adapters.values() if a.route == "peft" and model in a.models and a.on_at(timestep)]
 
     def describe(self) -> list[dict[str, Any]]:
         return [adapter.describe() for adapter in self._adapters.values()]
@@ -197,14 +146,33 @@ class AdaptedPipeline:
         start: float | None = None,
         name: str | None = None,
         strict: bool | None = None,
+        kind: str = "auto",
+        trained_on: str | None = None,
+        as_lora: bool = False,
+        rank: int | None = None,
+        energy: float = 0.99,
     ) -> AppliedAdapter:
         """Load an adapter onto the base, the distilled model or both; returns its record (`.reports`).
 
         `scale` must be finite with |scale| <= 100 (`divdistill.adapter_spec.MAX_ADAPTER_SCALE`): ValueError
         otherwise, checked before the file is read (nan, inf or 1e9 give black images, not an error).
+        `kind`: "auto" (detected from the source) or one of `divdistill.control.kinds.KINDS`: "lora", "delta" (a
+        full fine-tune), "custom-diffusion", "textual-inversion". For deltas and Custom Diffusion, `trained_on`
+        is the model they were trained on (None: detected) and `as_lora=True` applies them as an SVD LoRA of
+        `rank` (or retaining `energy`) instead of a weight patch (see `divdistill.control.kinds`).
         """
         label = source if isinstance(source, (str, Path)) else name or type(source).__name__
         scale = check_adapter_scale(scale, f"adapter {label}")
+        kind = kinds.check_kind(kind)
+        models_for(on)
+        if kind == "auto":
+            kind = kinds.detect_kind(source)
+        if kind == "lora" and (trained_on is not None or as_lora or rank is not None or energy != 0.99):
+            raise ValueError(f"{label} is a LoRA: trained_on, as_lora, rank and energy are for deltas and Custom "
+                             "Diffusion (a LoRA is applied as it is)")  # fmt: skip
+        if kind != "lora":
+            return kinds.add_adapter(self, source, kind, scale, on, start, name, strict, trained_on, as_lora, rank,
+                                     energy)  # fmt: skip
         lora = read_lora(source)
         models = models_for(on)
         strict = self.strict if strict is None else strict
@@ -223,7 +191,7 @@ class AdaptedPipeline:
                 )
             resolved[model] = (layers, report)
         adapter = AppliedAdapter(
-            name=self._unique_name(name or lora.name),
+            name=self.unique_name(name or lora.name),
             source=lora.describe(),
             format=lora.format,
             scale=scale,
@@ -244,26 +212,41 @@ class AdaptedPipeline:
             for unet in loaded:
                 self._delete(unet, adapter.name)
             raise
+        self.register(adapter)
+        return adapter
+
+    def register(self, adapter: AppliedAdapter) -> None:
+        """Record an adapter already applied (by `add` or `divdistill.control.kinds`) and sync the networks."""
         self._adapters[adapter.name] = adapter
         self.sync()
-        return adapter
 
     def set_scale(self, name: str, scale: float) -> None:
         """Change an adapter's scale (checked as in `add`: finite, |scale| <= 100, else ValueError)."""
-        self[name].scale = check_adapter_scale(scale, f"adapter {name!r}")
+        adapter = self[name]
+        value = check_adapter_scale(scale, f"adapter {name!r}")
+        if adapter.route == "tokens" and value != 1:
+            raise ValueError(f"adapter {name!r} is a textual inversion: it takes no scale (remove it instead)")
+        adapter.scale = value
+        if adapter.route == "patch":
+            self.patches.set_scale(adapter.name, value)
         self.sync()
 
     def set_start(self, name: str, start: float | None) -> None:
-        self[name].start = None if start is None else float(start)
+        adapter = self[name]
+        if adapter.route != "peft" and start is not None:
+            raise ValueError(f"adapter {name!r} is a weight patch ({adapter.kind}), which cannot switch per step; "
+                             "add it with as_lora=True to give it a start timestep")  # fmt: skip
+        adapter.start = None if start is None else float(start)
 
     def remove(self, name: str) -> None:
         adapter = self._adapters.pop(self[name].name)
         done: list[torch.nn.Module] = []
-        for model in adapter.models:
+        for model in adapter.models if adapter.route == "peft" else ():
             unet = self.unet(model)
             if not any(unet is other for other in done):
                 self._delete(unet, adapter.name)
                 done.append(unet)
+        kinds.remove_adapter(self, adapter)
         self.sync()
 
     def clear(self) -> None:
@@ -289,7 +272,7 @@ class AdaptedPipeline:
             return
         for model in MODELS:
             unet = self.unet(model)
-            if getattr(unet, "peft_config", None) and any(model in a.models for a in self._adapters.values()):
+            if getattr(unet, "peft_config", None) and any(model in a.models for a in self.peft_adapters()):
                 activate(unet, self.active(model))
 
     def set_state(self, model: str, adapters: list[AppliedAdapter]) -> None:
@@ -304,7 +287,7 @@ class AdaptedPipeline:
         """`HybridPipeline` denoiser hooks applying the start timesteps (empty when no adapter has one)."""
         hooks = {}
         for model in MODELS:
-            if any(model in a.models and a.start is not None for a in self._adapters.values()):
+            if any(model in a.models and a.start is not None for a in self.peft_adapters()):
                 hooks[model] = lambda denoiser, model=model: GatedDenoiser(denoiser, self, model)
         return hooks
 
@@ -318,7 +301,11 @@ class AdaptedPipeline:
         return self.pipe(prompt, denoiser_hooks=hooks or None, **kwargs)
 
     # ------------------------------------------------------------------------------------------- helpers
-    def _unique_name(self, wanted: str) -> str:
+    def peft_adapters(self) -> list[AppliedAdapter]:
+        return [a for a in self._adapters.values() if a.route == "peft"]
+
+    def unique_name(self, wanted: str) -> str:
+        """`wanted` made a valid adapter name that no adapter (nor PEFT adapter of the networks) has yet."""
         base = re.sub(r"\W", "_", wanted).strip("_") or "adapter"
         if base[0].isdigit():
             base = f"lora_{base}"
