@@ -180,6 +180,7 @@ def build_delta(adapted: Any, source: Any, kind: str, trained_on: str | None, ca
     if kind == "custom-diffusion":
         concept = read_custom_diffusion(source)
         label = concept.source or "the Custom Diffusion state dict"
+        check_fits(concept.weights, adapted.patches.unpatched(adapted.unet("base")), label, label_of["base"], True)
         model, distances = choose_trained_on(adapted, concept.weights, trained_on, label)
         reference = adapted.patches.unpatched(adapted.unet(model))
         delta = custom_diffusion_delta(concept, reference, model, label_of[model])
@@ -188,6 +189,7 @@ def build_delta(adapted: Any, source: Any, kind: str, trained_on: str | None, ca
         network = adapted.pipe.family.network_component
         base = adapted.patches.unpatched(adapted.unet("base"))
         values, label = finetuned_state(source, base, network, cache_dir=cache_dir)
+        check_fits(values, base, label, label_of["base"])  # before detection: both models have this architecture
         model, distances = choose_trained_on(adapted, values, trained_on, label)
         reference = adapted.patches.unpatched(adapted.unet(model))
         check_fits(values, reference, label, label_of[model])
@@ -215,6 +217,17 @@ def _refusals(adapted: Any, label: str, on: str, start: float | None, as_lora: b
         )
 
 
+def source_label(source: Any) -> str:
+    """How messages name an adapter source (the fine-tune labels of `divdistill.control.finetuned` for modules)."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, (ParameterDelta, LoraFile)):
+        return source.describe()
+    if isinstance(source, torch.nn.Module):
+        return f"the fine-tuned {type(source).__name__}"
+    return "the adapter state dict" if isinstance(source, dict) else type(source).__name__
+
+
 def add_adapter(
     adapted: Any,
     source: Any,
@@ -233,7 +246,7 @@ def add_adapter(
     from divdistill.control.svd import check_compression, delta_to_lora
 
     models = models_for(on)
-    label = str(source) if isinstance(source, (str, Path)) else name or type(source).__name__
+    label = source_label(source)
     if kind == "textual-inversion":
         return _textual_inversion(adapted, source, scale, on, start, name, label)
     if as_lora:

@@ -8,7 +8,8 @@ smallest rank retaining `energy` of the layer's squared singular values (sum S_r
 `energy=1` keeps every singular value: the LoRA reproduces the delta to float tolerance.
 
 What a LoRA cannot carry (biases, norms, embeddings, grouped convs) is left out and listed in the file's info
-(`dropped`, and `dropped_fraction`: its share of the delta's squared norm), never silently.
+(`dropped`, and `dropped_fraction`: its share of the delta's squared norm), never silently; `retained` is the
+share of the layers' squared norm the kept ranks hold.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def delta_to_lora(
         "energy": None if rank is not None else float(energy),
         "layers": len(layers),
         "ranks": {"min": ranks[0], "median": ranks[len(ranks) // 2], "max": ranks[-1]},
-        "retained": kept_energy / total_energy if total_energy else 1.0,
+        "retained": kept_energy / (total_energy - dropped_energy) if total_energy > dropped_energy else 1.0,
         "dropped": dropped,
         "dropped_fraction": dropped_energy / total_energy if total_energy else 0.0,
     }
