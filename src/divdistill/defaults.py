@@ -27,6 +27,12 @@ class SamplingDefaults:
     #: eta. 0 is deterministic; a scheduler whose step takes no eta refuses any other value.
     eta: float = 0.0
     switch_threshold: float | None = None  # the adaptive switch's default (divdistill.diversity.derive_threshold)
+    #: Video pairs: frames per clip (None: the family's default, Wan's 81).
+    num_frames: int | None = None
+    #: Two-expert pairs (Wan 2.2): the second (low-noise) expert's guidance scale per model, as WanPipeline's
+    #: `guidance_scale_2` (None: the first expert's).
+    guidance_scale_2: float | None = None
+    base_guidance_scale_2: float | None = None
 
     def updated(self, **overrides: Any) -> SamplingDefaults:
         """A copy with the non-None overrides applied."""

@@ -25,6 +25,11 @@ class HybridPipelineOutput:
     trajectory: Any = None
 
     @property
+    def frames(self) -> Any:
+        """The clips of a video pair (`images`, named as diffusers' `WanPipelineOutput.frames`)."""
+        return self.images
+
+    @property
     def nfe(self) -> float:
         """Per image; the adaptive switch's images differ, so theirs is the mean (`divdistill.diversity`)."""
         per_image = self.settings.get("adaptive", {}).get("nfe_per_image")

@@ -71,8 +71,9 @@ def default_label(settings: dict[str, Any]) -> str:
 class Trajectory:
     """x_t and x0-hat of every step of one run (or several runs of one mode, concatenated along the batch).
 
-    Tensors are [steps, batch, C, h, w] (`final` is [batch, C, h, w]); `prompts` and `seeds` have one entry
-    per image (seed None when unknown); `steps` says which model ran each step at which timestep and guidance.
+    Tensors are [steps, batch, C, h, w] (`final` is [batch, C, h, w]), or [steps, batch, C, f, h, w] for video
+    pairs (Wan's 5-D latents; `is_video`); `prompts` and `seeds` have one entry per image (seed None when unknown);
+    `steps` says which model ran each step at which timestep and guidance.
     """
 
     x_t: torch.Tensor
@@ -86,10 +87,13 @@ class Trajectory:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.x_t.shape != self.x0.shape or self.x0.ndim != 5:
-            raise ValueError(f"x_t and x0 must both be [steps, batch, C, h, w]; got {self.x_t.shape}, {self.x0.shape}.")
+        if self.x_t.shape != self.x0.shape or self.x0.ndim not in (5, 6):
+            raise ValueError(
+                f"x_t and x0 must both be [steps, batch, C, h, w] (or [steps, batch, C, f, h, w] for video); got "
+                f"{self.x_t.shape}, {self.x0.shape}."
+            )
         if tuple(self.final.shape) != tuple(self.x0.shape[1:]):
-            raise ValueError(f"final must be [batch, C, h, w] = {tuple(self.x0.shape[1:])}; got {self.final.shape}.")
+            raise ValueError(f"final must be [batch, ...] = {tuple(self.x0.shape[1:])}; got {self.final.shape}.")
         if len(self.steps) != self.x0.shape[0]:
             raise ValueError(f"{len(self.steps)} step records for {self.x0.shape[0]} recorded steps.")
         if not self.seeds:
@@ -106,6 +110,11 @@ class Trajectory:
     @property
     def batch_size(self) -> int:
         return self.x0.shape[1]
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the latents are clips [C, f, h, w] (video pairs) rather than images [C, h, w]."""
+        return self.x0.ndim == 6
 
     @property
     def timesteps(self) -> list[float]:

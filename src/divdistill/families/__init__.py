@@ -19,6 +19,7 @@ from divdistill.families.qwen import QwenImageFamily
 from divdistill.families.sana import SanaFamily
 from divdistill.families.transformer import FluxFamily, PixArtFamily, SD3Family
 from divdistill.families.unet import SDFamily, SDXLFamily
+from divdistill.families.wan import WanFamily
 
 #: The registry, in matching order (`register_family` appends).
 FAMILIES: list[Family] = []
@@ -38,6 +39,7 @@ register_family(Flux2KleinFamily())  # FLUX.2 [klein] (families/flux2.py)
 register_family(SanaFamily())  # SANA and SANA-Sprint (families/sana.py)
 register_family(QwenImageFamily())  # Qwen-Image (families/qwen.py)
 register_family(HiDreamFamily())  # HiDream-I1 (families/hidream.py)
+register_family(WanFamily())  # Wan 2.1 / 2.2 text-to-video (families/wan.py)
 
 
 def get_family(name: str) -> Family:
@@ -81,6 +83,7 @@ __all__ = [
     "SDFamily",
     "SDXLFamily",
     "SliderTraining",
+    "WanFamily",
     "family_of",
     "family_of_network",
     "get_family",

@@ -163,6 +163,7 @@ def load_lora_pair(
     scheduler_overrides: dict[str, Any] | None = None,
     name: str | None = None,
     torch_dtype: torch.dtype | None = None,
+    student_lora_2: str | None = None,
     **base_kwargs: Any,
 ) -> HybridPipeline:
     """A one-network pair: `base` (diffusers folder, repo id, or single-file checkpoint with configs from
@@ -172,14 +173,15 @@ def load_lora_pair(
     `scheduler` (a short name of SCHEDULERS, or "repo": the base's own) is the student's; without one, LCM for
     UNet families (what most UNet student LoRAs sample with) and the base's own scheduler elsewhere (FLUX's flow
     matching). A LoRA that does not fit the base raises StudentLoraMismatchError listing every layer that does not,
-    before anything is sampled.
+    before anything is sampled. `student_lora_2` is the second expert's student (Wan 2.2's low-noise LoRA, loaded
+    into transformer_2 as diffusers' `load_into_transformer_2=True` does); both are the adapter "student".
     """
     dtype = dtype_argument(dtype, torch_dtype)
     if device is not None:
         check_device(device)  # before minutes of loading
     base_pipe = load_base(base, cache_dir, {**diffusers_dtype(dtype), **base_kwargs}, base_config)
     pipe = lora_pair_from_pipeline(base_pipe, student_lora, scheduler, lora_scale, cache_dir, defaults,
-                                   scheduler_overrides, name)  # fmt: skip
+                                   scheduler_overrides, name, student_lora_2)  # fmt: skip
     return _placed(pipe, device)
 
 
@@ -192,10 +194,13 @@ def lora_pair_from_pipeline(
     defaults: SamplingDefaults | None = None,
     scheduler_overrides: dict[str, Any] | None = None,
     name: str | None = None,
+    student_lora_2: str | None = None,
 ) -> HybridPipeline:
     """`load_lora_pair` on an already built base diffusers pipeline (it gets the student adapter)."""
     family = family_of(base_pipe)
     load_student(base_pipe, student_lora, cache_dir)
+    if student_lora_2 is not None:
+        load_student(base_pipe, student_lora_2, cache_dir, expert=1)
     if scheduler is None:
         scheduler = "lcm" if family.network_component == "unet" else "repo"
     if scheduler == "repo":
@@ -209,7 +214,7 @@ def lora_pair_from_pipeline(
 
 def _lora_preset(preset: Preset, dtype, device, cache_dir, steps: int | None, variant, overrides) -> HybridPipeline:
     """A preset whose student is a LoRA (`Preset.lora_files`): the file for the step count, on its scheduler."""
-    filename = preset.lora_file(steps)
+    filename, second = preset.lora_file(steps), preset.lora_file_2(steps)
     return load_lora_pair(
         preset.base_repo,
         f"{preset.distilled_repo}:{filename}",
@@ -221,6 +226,7 @@ def _lora_preset(preset: Preset, dtype, device, cache_dir, steps: int | None, va
         defaults=preset.defaults_for(steps).updated(**overrides),
         scheduler_overrides=preset.scheduler_overrides,
         name=preset.name,
+        student_lora_2=f"{preset.distilled_repo}:{second}" if second else None,
         **({"variant": variant} if variant else {}),
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from divdistill.families import Family, get_family
+from divdistill.families import FAMILIES, Family, get_family
 from divdistill.loading.hub import from_pretrained, resolve_file
 from divdistill.presets import Preset
 
@@ -24,6 +24,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp": ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing"}),
     "tcd": ("TCDScheduler", {}),
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),  # on the base's flow config (Qwen-Image-Lightning)
+    "unipc": ("UniPCMultistepScheduler", {}),  # on the base's config (Wan's flow sigmas; CausVid's flow_shift)
 }
 
 
@@ -63,9 +64,13 @@ def assemble(pipeline_class: Any, base: Any, components: dict[str, Any]) -> Any:
     """`pipeline_class(**components)` with the base's `requires_safety_checker` (a config, not a component:
     without it StableDiffusionPipeline warns on every load that a checker the base never had is disabled)."""
     extra = {}
-    if "requires_safety_checker" in inspect.signature(pipeline_class.__init__).parameters:
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    if "requires_safety_checker" in parameters:
         has_checker = components.get("safety_checker") is not None
         extra["requires_safety_checker"] = bool(base.config.get("requires_safety_checker", has_checker))
+    for family in FAMILIES:  # config entries such as Wan 2.2's boundary_ratio are not components
+        if family.pipeline_class == pipeline_class.__name__:
+            extra.update({k: base.config[k] for k in family.pipeline_config if k in parameters and k in base.config})
     return pipeline_class(**components, **extra)
 
 

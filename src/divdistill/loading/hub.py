@@ -75,6 +75,8 @@ def preset_needs(preset: Preset, num_inference_steps: int | None) -> list[tuple[
     filename = preset.unet_file(num_inference_steps) or preset.lora_file(num_inference_steps)
     if filename is not None:
         needs.append((preset.distilled_repo, filename, filename))
+        if (second := preset.lora_file_2(num_inference_steps)) is not None:  # Wan 2.2's low-noise student
+            needs.append((preset.distilled_repo, second, second))
     elif preset.network_subfolder:
         sub = preset.network_subfolder
         needs.append((preset.distilled_repo, f"{sub}/config.json", f'--include "{sub}/*"'))

@@ -108,12 +108,19 @@ def student_problems(family: Family, network: torch.nn.Module, state: dict[str, 
     return layers, problems
 
 
-def load_student(pipe: Any, source: str, cache_dir: str | None = None) -> Path:
-    """Check the student LoRA `source` against `pipe`'s network and load it as the adapter "student"."""
+def load_student(pipe: Any, source: str, cache_dir: str | None = None, expert: int = 0) -> Path:
+    """Check the student LoRA `source` against `pipe`'s network (its `expert`-th one: Wan 2.2's low-noise
+    transformer_2 is 1, `Family.experts`) and load it there as the adapter "student"."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     family = family_of(pipe)
-    network = family.network(pipe)
+    experts = family.experts(pipe)
+    if expert >= len(experts):
+        raise StudentLoraMismatchError(
+            f"a student LoRA for expert {expert} of a {family.name} pipeline that has {len(experts)} network(s): "
+            "a second student LoRA is for a second expert (Wan 2.2's low-noise transformer_2); leave it out"
+        )
+    network = experts[expert]
     if not hasattr(pipe, "load_lora_weights"):
         raise StudentLoraMismatchError(f"diffusers' {type(pipe).__name__} does not load LoRAs; no student LoRA here")
     path = student_lora_file(source, cache_dir)
@@ -133,7 +140,7 @@ def load_student(pipe: Any, source: str, cache_dir: str | None = None) -> Path:
     diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": checked above, none is the point
     try:
         with torch.random.fork_rng(devices=[]):  # PEFT draws init weights before the file's replace them
-            pipe.load_lora_weights(str(path), adapter_name=STUDENT_ADAPTER)
+            pipe.load_lora_weights(str(path), adapter_name=STUDENT_ADAPTER, **family.expert_lora_kwargs(expert))
     finally:
         diffusers_logging.set_verbosity(level)
     taken = sum(1 for m in network.modules() if isinstance(m, BaseTunerLayer) and STUDENT_ADAPTER in m.lora_A)

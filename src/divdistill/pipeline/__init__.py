@@ -23,15 +23,16 @@ from divdistill.defaults import SamplingDefaults
 from divdistill.denoiser import GuidedDenoiser
 from divdistill.devices import check_device
 from divdistill.diversity.session import DiversityOptions, DiversitySession
-from divdistill.families import FAMILIES, PairMismatchError, family_of
+from divdistill.families import PairMismatchError, family_of
 from divdistill.offload import SequentialOffload
 from divdistill.outputs import HybridPipelineOutput
+from divdistill.pipeline.call_settings import clip_frames, resolve_settings, run_record, second_expert_scales
 from divdistill.pipeline.loader import pair_loader
 from divdistill.pipeline.stages import StagePlan, fresh_scheduler, plan_stages, run_segments
 from divdistill.pipeline.student import AdapterStates
 from divdistill.recording import TrajectoryRecorder, chain_callbacks
 from divdistill.sampling import Stage, StepCallback
-from divdistill.schedule import Segment, parse_segments
+from divdistill.schedule import Segment
 
 quiet.install()  # known-harmless diffusers/transformers notices, filtered narrowly (see divdistill.quiet)
 
@@ -173,12 +174,15 @@ class HybridPipeline:
         base_num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         base_guidance_scale: float | None = None,
+        guidance_scale_2: float | None = None,
+        base_guidance_scale_2: float | None = None,
         guidance_rescale: float | None = None,
         resolution_binning: bool | None = None,
         skip_first_steps: int = 0,
         segments: str | Sequence[Segment] | None = None,
         height: int | None = None,
         width: int | None = None,
+        num_frames: int | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -201,8 +205,13 @@ class HybridPipeline:
         resolution_binning: PixArt only, as `PixArtAlphaPipeline(use_resolution_binning=True)`: sample at the nearest
             aspect-ratio bin the model was trained on and resize the images back (off by default: the size asked).
         skip_first_steps: start from pure noise at the k-th timestep of the distilled schedule.
+        num_frames: video pairs (Wan) only: frames per clip (default the pair's, else the family's 81); Wan's VAE needs
+            4k + 1 frames, and other counts are refused with the nearest valid ones (WanPipeline rounds them).
+        guidance_scale_2, base_guidance_scale_2: two-expert pairs (Wan 2.2) only: the low-noise expert's guidance
+            scale of the distilled / base model (WanPipeline's `guidance_scale_2`; default: the first expert's).
         segments: an explicit segment schedule ("base:1,distilled:3") instead of `mode`/`base_steps`.
-        latents: initial unit-Gaussian noise of shape (batch, channels, height / f, width / f), in every family
+        latents: initial unit-Gaussian noise of shape (batch, channels, height / f, width / f), in every image family
+            ((batch, channels, frames', height / f, width / f) for video: latents, x0-hat and "latent" outputs are 5-D);
             (FLUX too: divdistill packs FLUX latents only around the transformer call, so its latents, x0-hat and
             `output_type="latent"` results are (B, C, H, W), not FluxPipeline's packed tokens).
         diversity: training-free diversity methods, e.g. "cads@0.1+interval" (`divdistill.diversity`).
@@ -211,56 +220,24 @@ class HybridPipeline:
             (a `divdistill.trajectory.Trajectory`; with return_dict=False the tuple is (images, trajectory)).
         """
         started = time.perf_counter()
-        if base_schedule is None and (mode or self.defaults.mode) == "reverse":
-            base_schedule = "shared"  # a pair's default schedule is for a leading base segment; reverse ends with base
-        settings = self.defaults.updated(
-            num_inference_steps=num_inference_steps,
-            mode=mode,
-            base_steps=base_steps,
-            base_schedule=base_schedule,
-            base_num_inference_steps=base_num_inference_steps,
-            guidance_scale=guidance_scale,
-            base_guidance_scale=base_guidance_scale,
-            guidance_rescale=guidance_rescale,
-            resolution_binning=resolution_binning,
-            height=height,
-            width=width,
-        )
-        published = timesteps is None  # the pair's own timesteps: LCM's "custom timestep" notice says nothing
-        if timesteps is None and settings.timesteps and len(settings.timesteps) == settings.num_inference_steps:
-            timesteps = settings.timesteps
-        settings = replace(
-            settings,
-            timesteps=tuple(int(t) for t in timesteps) if timesteps is not None else None,
-            num_inference_steps=len(timesteps) if timesteps is not None else settings.num_inference_steps,
-        )
-        if (
-            base_schedule is None
-            and segments is None
-            and settings.mode == "hybrid"
-            and settings.base_schedule == "own"
-            and settings.base_steps >= settings.num_inference_steps - skip_first_steps
-        ):
-            # A pair's default "own" schedule (pocket's) is how its base hands off; base_steps covering every step
-            # hands off nowhere, so the base runs the shared steps asked for (it used to become the base alone
-            # on base_steps steps of its own grid: noise). An explicit base_schedule="own" there is an error.
-            settings = replace(settings, base_schedule="shared")
-        if settings.resolution_binning and not self.family.supports_resolution_binning:
-            names = [f.name for f in FAMILIES if f.supports_resolution_binning]
-            supported = f"the {names[0]} family has" if len(names) == 1 else f"the {', '.join(names)} families have"
-            raise ValueError(
-                f"resolution_binning (--resolution-binning) snaps the size to the aspect-ratio bins a model was "
-                f"trained on, which only {supported}; this pair is of the {self.family.name} "
-                "family and samples at the size asked. Leave it off."
-            )
+        settings, timesteps, published = resolve_settings(
+            self.defaults, self.family, timesteps, segments, skip_first_steps, base_schedule, mode,
+            num_inference_steps=num_inference_steps, base_steps=base_steps,
+            base_num_inference_steps=base_num_inference_steps, guidance_scale=guidance_scale,
+            base_guidance_scale=base_guidance_scale, guidance_scale_2=guidance_scale_2,
+            base_guidance_scale_2=base_guidance_scale_2, guidance_rescale=guidance_rescale,
+            resolution_binning=resolution_binning, height=height, width=width,
+        )  # fmt: skip
+        second_expert_scales(self, settings)
+        num_frames = clip_frames(settings, self.family, self.distilled, num_frames)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings.")
         negatives = _broadcast_negative(negative_prompt, len(prompts))
-        height = settings.height or self.family.default_size(self.distilled)
-        width = settings.width or self.family.default_size(self.distilled)
+        default_height, default_width = self.family.default_height_width(self.distilled)
+        height, width = settings.height or default_height, settings.width or default_width
         sample_height, sample_width = self.family.sampling_size(
             self.distilled, height, width, settings.resolution_binning
         )
@@ -270,9 +247,12 @@ class HybridPipeline:
         alone = segments is None and settings.mode == "base"
         device = self.device
         batch = len(prompts) * num_images_per_prompt
-        shape = self.family.latent_shape(self.distilled, batch, sample_height, sample_width)
+        shape = self.family.sample_shape(self.distilled, batch, sample_height, sample_width, num_frames)
         with quiet.published_timesteps(published):
             planned = plan_stages(self, plan, settings, timesteps, skip_first_steps, device, shape, alone)
+        if methods.adaptive and len(planned) != len(plan):
+            raise ValueError("The adaptive switch hands off once per sample; this pair switches experts within a "
+                             "model's steps (Wan 2.2), which it does not support. Use a fixed base_steps.")  # fmt: skip
         self._activate("text")
         request = PromptRequest(
             prompts=prompts,
@@ -291,7 +271,7 @@ class HybridPipeline:
             pipe = self.pipeline_for(model)
             denoiser = GuidedDenoiser(
                 name=model,
-                network=self.family.network(pipe),
+                network=self.family.experts(pipe)[stage_plan.expert],
                 conditioning=conditioning[model],
                 guidance_scale=scale,
                 prediction_type=self.family.prediction_type(pipe),
@@ -305,7 +285,7 @@ class HybridPipeline:
             stages.append(Stage(model, denoiser, stage_plan.scheduler, stage_plan.timesteps, self.family.convention,
                                 eta=stage_plan.eta))  # fmt: skip
 
-        noise = self._noise(shape, generator, latents, dtype, device)
+        noise = self._noise(shape, generator, latents, self.family.latent_dtype(self.distilled, dtype), device)
 
         total = sum(len(s.timesteps) for s in stages)
         recorder = None
@@ -330,30 +310,10 @@ class HybridPipeline:
             images=images,
             steps=records,
             seconds=time.perf_counter() - started,
-            settings={
-                "mode": settings.mode,
-                "segments": [str(s) for s in plan],
-                **({"segments_requested": requested} if (requested := _requested(segments, plan)) else {}),
-                "num_inference_steps": settings.num_inference_steps,
-                "timesteps": list(settings.timesteps) if settings.timesteps else None,
-                "base_steps": settings.base_steps,
-                "base_schedule": settings.base_schedule,
-                "base_num_inference_steps": settings.base_num_inference_steps,
-                "guidance_scale": settings.guidance_scale,
-                "base_guidance_scale": settings.base_guidance_scale,
-                "guidance_rescale": settings.guidance_rescale,
-                "resolution_binning": settings.resolution_binning,
-                "skip_first_steps": skip_first_steps,
-                **methods.settings(),
-                "height": height,
-                "width": width,
-                "num_images_per_prompt": num_images_per_prompt,
-                **(
-                    {"sampled_size": [sample_height, sample_width]}
-                    if (sample_height, sample_width) != (height, width)
-                    else {}
-                ),
-            },
+            settings=run_record(
+                settings, plan, segments, skip_first_steps, methods.settings(), (height, width),
+                (sample_height, sample_width), num_images_per_prompt, num_frames,
+            ),
         )
         if recorder is not None:
             output.trajectory = recorder.trajectory(
@@ -387,14 +347,6 @@ class HybridPipeline:
         if tuple(latents.shape) != tuple(shape):
             raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
         return latents.to(device=device, dtype=dtype)
-
-
-def _requested(segments, plan: tuple[Segment, ...]) -> list[str] | None:
-    """The segments as given, when the run completed them (recorded next to the plan that ran), else None."""
-    if segments is None:
-        return None
-    given = parse_segments(segments) if isinstance(segments, str) else tuple(segments)
-    return [str(s) for s in given] if tuple(given) != tuple(plan) else None
 
 
 def _broadcast_negative(negative_prompt, count: int) -> list[str] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ class StagePlan:
     timesteps: torch.Tensor
     guidance_scale: float
     eta: float = 0.0  # the step's stochasticity (the pair's `eta` on the shared schedule; own schedules run 0)
+    expert: int = 0  # which of the model's networks runs it (`Family.experts`: Wan 2.2's transformer_2 is 1)
 
 
 def run_segments(
@@ -81,7 +82,7 @@ def plan_stages(
         own = family.set_schedule(base, scheduler, plan[0].steps, None, device, shape)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
-        return [StagePlan("base", scheduler, own, guidance[0])]
+        return by_expert(pipe, [StagePlan("base", scheduler, own, guidance[0])], plan, settings)
 
     shared = fresh_scheduler(distilled.scheduler)
     if not 0.0 <= settings.eta <= 1.0:  # also NaN: DDIM's eta and TCD's gamma are fractions of the noise
@@ -111,4 +112,18 @@ def plan_stages(
             steps = remaining[cursor : cursor + segment.steps]
             stages.append(StagePlan(segment.model, shared, steps, scale, eta=settings.eta))
         cursor += segment.steps
-    return stages
+    return by_expert(pipe, stages, plan, settings)
+
+
+def by_expert(pipe: Any, stages: list[StagePlan], plan: tuple[Segment, ...], settings: SamplingDefaults):
+    """Each stage cut where its model's pipeline switches experts (`Family.expert_runs`: Wan 2.2's high-noise
+    transformer, then transformer_2), the second expert at its own guidance scale (`guidance_scale_2`, as
+    WanPipeline; a segment's explicit `@cfg` is both experts'). One network: the stages as they are."""
+    cut = []
+    for stage, segment in zip(stages, plan):
+        second = settings.base_guidance_scale_2 if stage.model == "base" else settings.guidance_scale_2
+        scale_2 = stage.guidance_scale if segment.guidance_scale is not None or second is None else second
+        for expert, timesteps in pipe.family.expert_runs(pipe.pipeline_for(stage.model), stage.timesteps):
+            scale = scale_2 if expert else stage.guidance_scale
+            cut.append(replace(stage, timesteps=timesteps, guidance_scale=scale, expert=expert))
+    return cut

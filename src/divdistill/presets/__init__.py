@@ -7,7 +7,8 @@ PixArt-alpha and PixArt-LCM (PixArt-alpha), Stable Diffusion 3.5 Large and Large
 FLUX.1-dev and FLUX.1-schnell (black-forest-labs), and the scheduler configs those repos publish.
 
 Modules: `preset` (the record), `pairs` (two-network pairs), `students` (LoRA students, one network), `recent`
-(the 2025-26 families). Other packages add presets through the `divdistill.presets` entry point.
+(the 2025-26 families), `video` (Wan 2.1 / 2.2 and their distillation LoRAs). Other packages add presets
+through the `divdistill.presets` entry point.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from divdistill.presets.preset import (
 )
 from divdistill.presets.recent import RECENT
 from divdistill.presets.students import LORA_STUDENTS
+from divdistill.presets.video import VIDEO
 
 #: Entry-point group through which packages add presets: each entry names a callable returning Presets (the
 #: shipped pocket pair registers itself so, `divdistill.pocket.plugin:presets`).
 PRESET_GROUP = "divdistill.presets"
 
-_BUILT_IN: dict[str, Preset] = {p.name: p for p in (*TWO_NETWORK, *LORA_STUDENTS, *RECENT)}
+_BUILT_IN: dict[str, Preset] = {p.name: p for p in (*TWO_NETWORK, *LORA_STUDENTS, *RECENT, *VIDEO)}
 
 
 class PresetRegistry(Mapping[str, Preset]):

@@ -47,6 +47,8 @@ class Preset:
     #: authors fuse it at, and schedulers that differ by step count (Hyper-SDXL 1-step runs TCD).
     lora_files: dict[int, str] = field(default_factory=dict)
     lora_scale: float = 1.0
+    #: The second expert's student LoRA per step count (Wan 2.2's low-noise file, on transformer_2).
+    lora_files_2: dict[int, str] = field(default_factory=dict)
     step_schedulers: dict[int, str] = field(default_factory=dict)
     #: Sampling defaults that differ by step count (Hyper-SD publishes one setting per file).
     step_defaults: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -58,6 +60,10 @@ class Preset:
     def lora_file(self, num_inference_steps: int | None) -> str | None:
         """The student LoRA file for a step count (None: the preset's student is not a LoRA)."""
         return self._file_for(self.lora_files, num_inference_steps)
+
+    def lora_file_2(self, num_inference_steps: int | None) -> str | None:
+        """The second expert's student LoRA file for a step count (None: one network, or one LoRA for both)."""
+        return self._file_for(self.lora_files_2, num_inference_steps)
 
     def scheduler_for(self, num_inference_steps: int | None) -> str:
         return self.step_schedulers.get(num_inference_steps or self.defaults.num_inference_steps, self.scheduler)

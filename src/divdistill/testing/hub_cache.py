@@ -56,6 +56,7 @@ from divdistill.testing.tiny_flux2 import KLEIN_REPOS, write_klein_repos
 from divdistill.testing.tiny_hidream import HIDREAM_REPOS, write_hidream_repos
 from divdistill.testing.tiny_qwen import QWEN_REPOS, write_qwen_repos
 from divdistill.testing.tiny_sana import SANA_REPOS, write_sana_repos
+from divdistill.testing.tiny_wan import WAN_REPOS, write_wan_repos
 
 __all__ = [
     "HUB_REPOS",
@@ -102,6 +103,7 @@ HUB_REPOS: dict[str, str] = {
     **SANA_REPOS,
     **QWEN_REPOS,
     **HIDREAM_REPOS,
+    **WAN_REPOS,
 }
 
 DMD2_FILES = ("dmd2_sdxl_4step_unet_fp16.bin", "dmd2_sdxl_1step_unet_fp16.bin")
@@ -388,3 +390,4 @@ def _write_transformer_repos(cache_dir: Path, seed: int, fp16_variants: bool, sn
     write_sana_repos(seed, _derived_seed, write)  # SANA-Sprint and its teachers (testing/tiny_sana.py)
     write_qwen_repos(cache_dir, seed, snapshots, write, repo_snapshot_dir)  # Qwen-Image + Lightning
     write_hidream_repos(cache_dir, seed, snapshots, write, repo_snapshot_dir)  # HiDream-I1 Full, Fast, Llama
+    write_wan_repos(cache_dir, seed, snapshots, write, repo_snapshot_dir)  # Wan 2.1 / 2.2 + their student LoRAs
