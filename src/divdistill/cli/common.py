@@ -195,12 +195,15 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "height": ("--height", {"type": positive_int, "help": "image height in pixels"}),
     "width": ("--width", {"type": positive_int, "help": "image width in pixels"}),
+    "num_frames": ("--num-frames", {"type": positive_int, "help": "frames per clip of a video pair (Wan; "
+                                    "default: the pair's); refused for image pairs"}),
 }
 
 
 def add_sampling_arguments(group: Any, *names: str) -> None:
     """The sampling options `names` (default: all of steps, timesteps, guidance_scale, base_guidance_scale,
-    guidance_rescale, resolution_binning, height, width), in that order; unset, each is the pair's default."""
+    guidance_rescale, resolution_binning, height, width, num_frames), in that order; unset, each is the pair's
+    default."""
     for name in names or tuple(_SAMPLING):
         flag, options = _SAMPLING[name]
         group.add_argument(flag, **options)
@@ -220,7 +223,8 @@ def check_pair_arguments(args: argparse.Namespace, hint: str = "") -> None:
 
 
 def check_model_arguments(args: argparse.Namespace, known_preset: bool = False) -> None:
-    """The pair checks, --distilled-unet/--scheduler only with --base, and (`known_preset`) a preset that exists."""
+    """The pair checks, --distilled-unet/--scheduler only with --base, and (`known_preset`) a preset that exists
+    (and, with --num-frames, is a video pair)."""
     check_pair_arguments(args)
     if args.preset and (args.distilled_unet or args.scheduler):
         raise CLIError("--distilled-unet and --scheduler go with --base/--distilled, not --preset")
@@ -233,6 +237,13 @@ def check_model_arguments(args: argparse.Namespace, known_preset: bool = False) 
             raise CLIError("presets are not available in this installation; use --base and --distilled") from None
         if args.preset not in PRESETS:
             raise CLIError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if getattr(args, "num_frames", None) is not None:  # a --base pair is checked once loaded (divdistill.jobs)
+            from divdistill.families import get_family
+            from divdistill.jobs.samples import num_frames_refusal
+
+            family = get_family(PRESETS[args.preset].family)
+            if not getattr(family, "video", False):
+                raise CLIError(num_frames_refusal(family.name))
 
 
 def check_timesteps(args: argparse.Namespace) -> None:
@@ -282,6 +293,7 @@ def sampling_settings_of(args: argparse.Namespace, **variant: Any) -> SamplingSe
         width=args.width,
         guidance_rescale=args.guidance_rescale,
         resolution_binning=args.resolution_binning,
+        num_frames=getattr(args, "num_frames", None),
         **variant,
     )
 

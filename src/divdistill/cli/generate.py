@@ -13,6 +13,9 @@ Output layout
 -------------
 One prompt (`--prompt`), OUT is the job's folder:
     OUT/000_seed0.png, OUT/001_seed1.png, ...   one PNG per image (index, seed)
+    OUT/000_seed0.mp4, ...                      a video pair (Wan): one clip per seed instead, MP4 (imageio-ffmpeg)
+                                                or, with --clip-format gif or without it, an animated GIF and its
+                                                PNG frames in OUT/000_seed0_frames/; --num-frames sets its length
     OUT/contact_sheet.png                       the images in a grid, labelled by seed (when -n > 1; made from
                                                 the files, at most 64 of them, thumbnails beyond 16)
     OUT/run.json                                settings, seeds and files, per-step record, wall time
@@ -152,6 +155,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call (default 1)")
     run.add_argument("--columns", type=positive_int, default=4, help="contact sheet columns (default 4)")
     run.add_argument("--no-contact-sheet", action="store_true", help="write no contact sheets")
+    run.add_argument("--clip-format", choices=("mp4", "gif"),
+                     help="a video pair's clips: mp4 (default when imageio-ffmpeg is installed) or gif (PNG frames "
+                     "+ an animated GIF, the default without it)")  # fmt: skip
     run.add_argument("--overwrite", action="store_true",
                      help="regenerate finished images too, replacing what --out holds (other settings)")  # fmt: skip
     parser.set_defaults(func=run_generate)
@@ -255,7 +261,7 @@ def run_generate(args: argparse.Namespace) -> int:
     dtype_name, dtype = resolve_dtype(args.dtype, device, preset=args.preset)
     settings = settings_of(args, dtype_name)
     options = RunOptions(batch_size=args.batch_size, overwrite=args.overwrite, contact_sheet=not args.no_contact_sheet,
-                         columns=args.columns, prompts_file=args.prompts)  # fmt: skip
+                         columns=args.columns, prompts_file=args.prompts, clip_format=args.clip_format)  # fmt: skip
     pipe = LazyPipeline(lambda: load_with_adapters(args, device, dtype))
     try:
         result = run_jobs(pipe, todo, out, settings, options, device=device, state=state, log=_log, what="--out")

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.fingerprint import fingerprint
-from divdistill.images import contact_sheet_from_files, remove_stale_temps, save_image_atomic, write_json_stream_atomic
+from divdistill.images import remove_stale_temps, save_image_atomic, write_json_stream_atomic
 from divdistill.jobs.layout import CONTACT_SHEET, IMAGE_NAME, SIDECAR, image_name
 from divdistill.jobs.process import peak_memory
 from divdistill.jobs.prompts import Job
+from divdistill.jobs.samples import SampleWriter
 from divdistill.jobs.settings import GenerationSettings, RunOptions
 from divdistill.jobs.status import job_status, read_sidecar
 from divdistill.journal import Journal
@@ -38,6 +39,7 @@ class JobRun:
     finished: set[int] = field(default_factory=set)
     journal: Journal | None = None
     remaining: int = 0  # images of this run still to be written (set by start_job)
+    suffix: str = ".png"  # a video pair's clips: ".mp4" or ".gif" (`divdistill.jobs.samples`)
 
     @property
     def count(self) -> int:
@@ -45,7 +47,7 @@ class JobRun:
 
     def file(self, index: int) -> str:
         """Image `index`'s file name."""
-        return image_name(index, self.seeds[index], len(self.seeds))
+        return image_name(index, self.seeds[index], len(self.seeds), self.suffix)
 
     def owns(self, name: str) -> bool:
         """True when this run writes a file called `name` (one of its images, or its contact sheet)."""
@@ -65,13 +67,14 @@ class JobRun:
 
     def header(self, request: dict[str, Any]) -> dict[str, Any]:
         """What the job's journal starts with: the settings it was started with (see `divdistill.journal`)."""
-        return {
+        header = {
             "job": {"id": self.job.id, "row": self.job.row},
             "prompt": self.job.prompt,
             "seeds": {"first": self.seeds.start, "count": self.count},
             "request": request,
             "fingerprint": fingerprint(request),
         }
+        return header if self.suffix == ".png" else {**header, "suffix": self.suffix}
 
 
 def plan_job(job: Job, folder: Path, settings: GenerationSettings) -> JobRun:
@@ -89,7 +92,8 @@ def _listed_files(sidecar: dict[str, Any] | None, header: dict[str, Any] | None)
         seeds = header.get("seeds") or {}
         first, count = seeds.get("first"), seeds.get("count")
         if isinstance(first, int) and isinstance(count, int):
-            yield from (image_name(i, first + i, count) for i in range(count))
+            suffix = header.get("suffix") if header.get("suffix") in (".mp4", ".gif") else ".png"
+            yield from (image_name(i, first + i, count, suffix) for i in range(count))
             yield CONTACT_SHEET
 
 
@@ -143,17 +147,18 @@ class FinishedJob:
     nfe: float | None
 
 
-def finish_job(run: JobRun, options: RunOptions, request: dict[str, Any], context: dict[str, Any]) -> FinishedJob:
-    """Contact sheet (from the files on disk), then the sidecar (last: its presence marks the job finished), then
-    the journal goes; returns the job's seconds and NFE per image. The sidecar is written as a stream: no list of
-    the job's images is held in memory."""
+def finish_job(run: JobRun, options: RunOptions, request: dict[str, Any], context: dict[str, Any],
+               writer: SampleWriter | None = None) -> FinishedJob:  # fmt: skip
+    """Contact sheet (from the files on disk; `writer` draws a video pair's), then the sidecar (last: its presence
+    marks the job finished), then the journal goes; returns the job's seconds and NFE per image. The sidecar is
+    written as a stream: no list of the job's images is held in memory."""
     journal = run.journal
     assert journal is not None, "start_job opens the journal"
     sheet = None
     if run.count > 1 and options.contact_sheet:
         sheet = CONTACT_SHEET
         if journal.contact_sheet() != CONTACT_SHEET or not (run.folder / CONTACT_SHEET).is_file():
-            grid = contact_sheet_from_files(
+            grid = (writer or SampleWriter(video=False)).contact_sheet(
                 run.count, lambda i: run.folder / run.file(i), lambda i: f"seed {run.seeds[i]}", options.columns
             )
             save_image_atomic(grid, run.folder / CONTACT_SHEET)

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.fingerprint import fingerprint
-from divdistill.images import save_image_atomic
 from divdistill.jobs.jobrun import JobRun, finish_job, plan_job, start_job
 from divdistill.jobs.layout import MANIFEST, SIDECAR
 from divdistill.jobs.output import check_output, write_manifest
 from divdistill.jobs.process import SingleProcess, environment
 from divdistill.jobs.prompts import Job, JobError, shard
+from divdistill.jobs.samples import SampleWriter, check_num_frames, sample_writer
 from divdistill.jobs.settings import GenerationSettings, RunOptions
 from divdistill.jobs.status import job_status
 from divdistill.journal import JOURNAL
@@ -69,14 +69,15 @@ class JobResult:
     kept: int = 0
     seconds: float | None = None
     nfe: float | None = None
+    suffix: str = ".png"  # a video pair's clips: ".mp4" or ".gif"
 
     @property
     def sidecar(self) -> Path:
         return self.folder / SIDECAR
 
     def files(self) -> list[str]:
-        """The image file names, in order (built on request: a job may have 10**8 images)."""
-        run = JobRun(Job(self.id, self.prompt), self.folder, self.seeds)
+        """The image (or clip) file names, in order (built on request: a job may have 10**8 images)."""
+        run = JobRun(Job(self.id, self.prompt), self.folder, self.seeds, suffix=self.suffix)
         return [run.file(index) for index in range(len(self.seeds))]
 
 
@@ -148,6 +149,8 @@ def run(
     blocked = next((r.folder for r in runs if folders and r.folder.exists() and not r.folder.is_dir()), None)
     if blocked is not None:
         raise JobError(f"a job's output folder is a file ({blocked}); move it away or use another {what}")
+    if not isinstance(pipe, LazyPipeline):  # a loaded pair: refuse frames for images before anything is written
+        check_num_frames(pipe, settings)
     state = state or SingleProcess()
     request = settings.to_json()
     # One writer per folder (the processes of one launch count as one); the checks run under the lock.
@@ -190,11 +193,14 @@ def _run_locked(
     if pending:
         model = pipe.get() if isinstance(pipe, LazyPipeline) else pipe
         model.set_progress_bar_config(disable=True)
+        writer = sample_writer(model, settings, options)
         device = _device(device, state, model)
         context: dict[str, Any] = {
             "model": {"name": getattr(model, "name", None)},
             "environment": environment(device, settings.dtype, state),
         }
+        if writer.video:
+            context["video"] = writer.describe()
         if settings.adapters is not None:
             context["adapters"] = model.describe()
         per_image = not folders
@@ -203,7 +209,8 @@ def _run_locked(
             desc=f"generate{where}", disable=not (progress and state.is_local_main_process),
         )  # fmt: skip
         with bar:
-            calls, done = _generate(model, pending, settings, options, request, device, context, bar, per_image)
+            calls, done = _generate(model, pending, settings, options, request, device, context, bar, per_image,
+                                    writer)  # fmt: skip
 
     state.wait_for_everyone()
     manifest = None
@@ -237,10 +244,12 @@ class _Done:
 
 def _result(job_run: JobRun, done: _Done | None) -> JobResult:
     job = job_run.job
-    if done is None:
-        return JobResult(job.id, job.prompt, job_run.folder, job_run.seeds, skipped=True)
+    if done is None:  # finished before: its samples are images or clips, whichever its first file is
+        first = (JobRun(job, job_run.folder, job_run.seeds, suffix=s) for s in (".png", ".mp4", ".gif"))
+        suffix = next((r.suffix for r in first if (r.folder / r.file(0)).is_file()), ".png")
+        return JobResult(job.id, job.prompt, job_run.folder, job_run.seeds, skipped=True, suffix=suffix)
     return JobResult(job.id, job.prompt, job_run.folder, job_run.seeds, False, done.made, done.kept, done.seconds,
-                     done.nfe)  # fmt: skip
+                     done.nfe, job_run.suffix)  # fmt: skip
 
 
 def _generate(
@@ -253,6 +262,7 @@ def _generate(
     context: dict[str, Any],
     progress: Any,
     per_image: bool,
+    writer: SampleWriter,
 ) -> tuple[int, dict[int, _Done]]:
     """Generate every unfinished image of `runs`, `batch_size` images per call (a batch may span jobs); return
     the calls and what each job did (by id of its JobRun).
@@ -260,7 +270,8 @@ def _generate(
     Streamed: a job is started when reached and its images planned one at a time, each batch is journaled and
     then saved as soon as it returns, so memory holds one batch of images whatever the image count is and a
     kill loses at most the batch in flight. Image i keeps its own generator, seeded with its seed. Each job is
-    finished (contact sheet from disk, then run.json) after its last image. `progress` (a tqdm bar) advances
+    finished (contact sheet from disk, then run.json) after its last image. `writer` saves each sample (an image,
+    or a video pair's clip: `divdistill.jobs.samples`). `progress` (a tqdm bar) advances
     per finished job, or per image with `per_image`.
     """
     import torch
@@ -273,7 +284,7 @@ def _generate(
     kept: dict[int, int] = {}
 
     def finished(job_run: JobRun) -> None:
-        cost = finish_job(job_run, options, request, context)
+        cost = finish_job(job_run, options, request, context, writer)
         have = kept.get(id(job_run), 0)
         done[id(job_run)] = _Done(job_run.count - have, have, cost.seconds, cost.nfe)
         if not per_image:
@@ -293,7 +304,7 @@ def _generate(
             r.journal.add_call({"images": indices, "batch_size": len(chunk), "seconds": output.seconds}, record)
         for (r, index), image in zip(chunk, output.images):
             metadata = {"prompt": r.job.prompt, "seed": str(r.seeds[index]), "divdistill": image_text}
-            save_image_atomic(image, r.folder / r.file(index), metadata=metadata)
+            writer.save(image, r.folder / r.file(index), metadata)
             r.remaining -= 1
         for r in touched.values():
             if r.remaining == 0:
@@ -304,6 +315,7 @@ def _generate(
         chunk.clear()
 
     for job_run in runs:
+        job_run.suffix = writer.suffix
         start_job(job_run, request, options.overwrite)
         kept[id(job_run)] = len(job_run.finished)
         if per_image and job_run.finished:

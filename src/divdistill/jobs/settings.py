@@ -16,7 +16,7 @@ from typing import Any
 from divdistill.variant import Variant
 
 #: SamplingSettings fields recorded only when set, so jobs finished before they existed keep matching.
-_ONLY_WHEN_SET = ("guidance_rescale", "resolution_binning", "diversity")
+_ONLY_WHEN_SET = ("guidance_rescale", "resolution_binning", "diversity", "num_frames")
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,15 @@ class SamplingSettings:
     resolution_binning: bool | None = None
     #: The diversity methods' text (`divdistill.diversity.options.DiversityOptions.text`, e.g. "cads@0.1").
     diversity: str | None = None
+    #: Frames per clip of a video pair (Wan); None: the family's default. Refused for image pairs.
+    num_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.timesteps is not None and not isinstance(self.timesteps, tuple):
             object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        if self.num_frames is not None and (isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int)
+                                            or self.num_frames < 1):  # fmt: skip
+            raise ValueError(f"num_frames must be a whole number of at least 1, got {self.num_frames!r}")
 
     def with_variant(self, variant: Variant) -> SamplingSettings:
         """These settings sampling `variant`: its kind, base steps, schedule, base step count and skip replace
@@ -171,6 +176,8 @@ class RunOptions:
 
     `prompts_file` is recorded in the manifest and the sidecars (the CSV the jobs came from); `overwrite`
     replaces images of other settings instead of refusing them; `contact_sheet`/`columns` the per-job grid.
+    Video pairs only: `clip_format` ("mp4" or "gif"; None: MP4 when imageio-ffmpeg is installed, else GIF) and
+    `fps` (None: the family's) of the clips (`divdistill.jobs.samples`).
     """
 
     batch_size: int = 1
@@ -178,7 +185,13 @@ class RunOptions:
     contact_sheet: bool = True
     columns: int = 4
     prompts_file: str | None = None
+    clip_format: str | None = None
+    fps: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.clip_format not in (None, "mp4", "gif"):
+            raise ValueError(f"clip_format must be 'mp4' or 'gif' (None: mp4 when installed), got {self.clip_format!r}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps!r}")

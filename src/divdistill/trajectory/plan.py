@@ -39,8 +39,13 @@ class TraceSampling:
     resolution_binning: bool | None = None
     height: int | None = None
     width: int | None = None
+    #: Frames per clip of a video pair (Wan); recorded only when set, so earlier trace folders keep resuming.
+    num_frames: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_frames is not None and (isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int)
+                                            or self.num_frames < 1):  # fmt: skip
+            raise ValueError(f"num_frames must be a whole number of at least 1, got {self.num_frames!r}")
         if self.timesteps is not None:
             object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
         if self.base_schedule not in (None, "shared"):
@@ -54,6 +59,8 @@ class TraceSampling:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["timesteps"] = list(self.timesteps) if self.timesteps is not None else None
+        if data["num_frames"] is None:
+            del data["num_frames"]
         return data
 
     def call_kwargs(self, variant: Variant) -> dict[str, Any]:
@@ -70,6 +77,7 @@ class TraceSampling:
             "negative_prompt": self.negative_prompt,
             "height": self.height,
             "width": self.width,
+            "num_frames": self.num_frames,
         }
         return {**{k: v for k, v in kwargs.items() if v is not None}, **variant.pipeline_kwargs()}
 
