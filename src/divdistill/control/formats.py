@@ -51,6 +51,7 @@ from divdistill.control.lora import (
     KOHYA_UNET,
     LYCORIS_MARKERS,
     METADATA_KEY,
+    NETWORK_PREFIXES,
     PEFT_PREFIX,
     SGM_NAMES,
     AdapterFormatError,
@@ -180,7 +181,9 @@ def read_lora(source: str | Path | dict[str, torch.Tensor] | LoraFile) -> LoraFi
     config = None
     if header.get(METADATA_KEY):
         raw = json.loads(header[METADATA_KEY])
-        config = {k[len("unet.") :]: v for k, v in raw.items() if k.startswith("unet.")} or None
+        # the denoising network's part: `unet.` or `transformer.` keys, as the pipeline's `save_lora_weights` writes
+        prefix = next((p for p in NETWORK_PREFIXES if any(k.startswith(p) for k in raw)), None)
+        config = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)} if prefix else None
     peft_config = weights.parent / "adapter_config.json"
     if config is None and fmt == "peft" and peft_config.is_file():
         config = json.loads(peft_config.read_text(encoding="utf-8"))

@@ -99,9 +99,9 @@ class SliderTrainer:
         config = self.config
         if ADAPTER in (getattr(self.unet, "peft_config", None) or {}):
             raise ValueError(f"The {config.on} {self.family.network_label} already holds an adapter named {ADAPTER!r}.")
+        self.paths = slider_modules(self.unet, config.train_method, config.conv, self.family.slider)
         self._grad_flags = {name: p.requires_grad for name, p in self.unet.named_parameters()}
         self.unet.requires_grad_(False)
-        self.paths = slider_modules(self.unet, config.train_method, config.conv, self.family.slider)
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=self.paths, init_lora_weights=True)
         try:
             with torch.random.fork_rng(devices=[]):  # PEFT draws lora_A's init from torch's global RNG
