@@ -129,4 +129,6 @@ def test_image_pairs_keep_their_request_and_png_files(tmp_path: Path) -> None:
     """num_frames is recorded only when set: image jobs finished before it existed keep resuming."""
     assert "num_frames" not in GenerationSettings().to_json()["sampling"]
     result = run(StandInPair(video=False), Job("prompt", "a"), tmp_path, GenerationSettings(), progress=False)
-    assert result.jobs[0].files() == ["000_seed0.png"] and "video" not in json.loads((tmp_path / "run.json").read_text())
+    assert result.jobs[0].files() == ["000_seed0.png"] and "video" not in json.loads(
+        (tmp_path / "run.json").read_text()
+    )

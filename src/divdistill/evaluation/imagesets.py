@@ -3,7 +3,8 @@
 A folder written by `divdistill generate` is read through its JSON files: `manifest.json` (a prompt file's jobs),
 or a `run.json` (one prompt), or the `run.json` files found below it; each job is one group (one prompt, its
 seeds) and carries the wall time, NFE and peak memory of the calls that made it. Any other folder is one group of
-every image below it (.png, .jpg, .jpeg, .webp, .bmp; hidden folders and `contact_sheet.png` skipped).
+every image below it (.png, .jpg, .jpeg, .webp, .bmp; hidden folders and `contact_sheet.png` skipped), or clip
+(.mp4, .gif; a GIF clip's `<stem>_frames/` PNG frames are part of it, not images of their own).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from divdistill.jobs.layout import CONTACT_SHEET, MANIFEST, SIDECAR
 from divdistill.metrics.cache import IMAGE_SUFFIXES
+from divdistill.metrics.video import CLIP_SUFFIXES
+from divdistill.videos import FRAMES_FOLDER
 
 
 @dataclass
@@ -155,15 +158,22 @@ def _group_from_sidecar(root: Path, folder: Path, sidecar: dict[str, Any], defau
 
 
 def image_files(root: Path) -> list[str]:
-    """Every image below `root` (sorted relative paths; hidden entries and contact sheets skipped)."""
+    """Every image or clip below `root` (sorted relative paths; hidden entries, contact sheets and the PNG frames
+    of GIF clips skipped)."""
     found = []
     for path in root.rglob("*"):
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or path.name == CONTACT_SHEET:
+        if any(part.startswith(".") for part in rel.parts) or path.name == CONTACT_SHEET or _clip_frame(path):
             continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        if path.suffix.lower() in (*IMAGE_SUFFIXES, *CLIP_SUFFIXES) and path.is_file():
             found.append(rel.as_posix())
     return sorted(found)
+
+
+def _clip_frame(path: Path) -> bool:
+    """A PNG frame of a GIF clip (`000_seed0_frames/000.png` next to `000_seed0.gif`)."""
+    name = path.parent.name
+    return name.endswith(FRAMES_FOLDER) and path.parent.with_name(name[: -len(FRAMES_FOLDER)] + ".gif").is_file()
 
 
 def scan_image_set(root: str | Path, name: str | None = None, spec: str | None = None) -> ImageSet:

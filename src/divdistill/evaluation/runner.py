@@ -153,6 +153,8 @@ class Evaluator:
                 if backend is None:
                     backend = first_available(spec.info.auto, self.device, self.backend_options)
                     self._backends[backend.name] = backend
+            if (spec.metric == "motion") != bool(getattr(backend, "whole_clip", False)):
+                raise ValueError(f"{spec}: motion is measured by the motion backend, which measures nothing else.")
             if isinstance(backend, PairwiseBackend) and spec.metric != "diversity":
                 raise ValueError(f"{spec}: the {backend.name} backend only gives pairwise distances (diversity).")
             if spec.metric == "clip-score" and not backend.has_text:
@@ -318,6 +320,8 @@ class Evaluator:
                     est = div.pairwise_estimate(cache.get(files), backend.distance, self.bootstrap, seed, self.level)
             elif spec.metric == "vendi":
                 est = div.vendi_estimate(cache.get(files), self.bootstrap, seed, self.level)
+            elif spec.metric == "motion":  # one feature per clip: its motion energy (divdistill.metrics.video)
+                est = div.mean_estimate(cache.get(files)[:, 0], self.bootstrap, seed, self.level)
             else:  # clip-score
                 if not group.prompt:
                     continue

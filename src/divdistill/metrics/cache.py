@@ -17,7 +17,9 @@ files that no longer exist.
 
 `embed_missing` fills the cache for a list of files (the share of one process under `accelerate launch`),
 batched, flushing every `flush_every` images so an interrupted run keeps its work; `pairwise_missing` does the
-same for the pairs of image groups with a pairwise backend (LPIPS).
+same for the pairs of image groups with a pairwise backend (LPIPS). A clip file (a video pair's .mp4 / .gif) is
+one row too: the mean of its sampled frames' embeddings or pair distances, or for a whole-clip backend (motion)
+what it computes on all frames (`divdistill.metrics.video`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from divdistill.images import atomic_write
+from divdistill.images import atomic_write, sheet_indices
 
 FORMAT = "divdistill-embeddings/1"
 CACHE_DIR = ".embeddings"
@@ -234,6 +236,23 @@ class EmbeddingCache:
 
 
 # ----------------------------------------------------------------------------------------------- filling
+def load_frames(path: Path) -> torch.Tensor:
+    """What a file is scored on, float [K, 3, H, W]: an image (K = 1), or a clip's EVAL_FRAMES sampled frames."""
+    from divdistill.metrics.video import is_clip_file, load_clip_frames
+
+    return load_clip_frames(path) if is_clip_file(path) else load_image(path)[None]
+
+
+def _whole_clip_rows(cache: EmbeddingCache, batch: Sequence[tuple[str, str]], backend: Any) -> dict[str, Any]:
+    """Rows of a backend that measures whole clips (motion); an image is refused naming it."""
+    from divdistill.metrics.video import is_clip_file, load_clip
+
+    for _, rel in batch:
+        if not is_clip_file(rel):
+            raise ValueError(f"the {backend.name} backend measures video clips; {rel} is an image (evaluate clips)")
+    return {sha: backend.embed_clip(load_clip(cache.root / rel)) for sha, rel in batch}
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -255,9 +274,13 @@ def embed_missing(
             todo[sha] = rel
 
     def rows(batch: list[tuple[str, str]]) -> dict[str, dict[str, torch.Tensor]]:
-        images = torch.stack([backend.prepare(load_image(cache.root / rel)) for _, rel in batch])
-        outputs = backend.embed(images)
-        return {sha: {name: value[i] for name, value in outputs.items()} for i, (sha, _) in enumerate(batch)}
+        if getattr(backend, "whole_clip", False):
+            return _whole_clip_rows(cache, batch, backend)
+        frames = [load_frames(cache.root / rel) for _, rel in batch]  # one image, or a clip's sampled frames
+        outputs = backend.embed(torch.stack([backend.prepare(f) for item in frames for f in item]))
+        ends = torch.tensor([len(item) for item in frames]).cumsum(0).tolist()
+        return {sha: {name: value[end - len(item) : end].mean(0) for name, value in outputs.items()}
+                for (sha, _), item, end in zip(batch, frames, ends)}  # fmt: skip
 
     return _fill(cache, list(todo.items()), rows, backend.batch_size, flush_every, progress)
 
@@ -304,15 +327,20 @@ def pairwise_missing(
     prepared: dict[str, torch.Tensor] = {}
 
     def image(rel: str) -> torch.Tensor:
+        """[K, 3, h, w] prepared: an image (K = 1) or a clip's sampled frames."""
         if rel not in prepared:
-            prepared[rel] = backend.prepare(load_image(cache.root / rel))
+            prepared[rel] = torch.stack([backend.prepare(f) for f in load_frames(cache.root / rel)])
         return prepared[rel]
 
     def rows(batch: list[tuple[str, tuple[str, str]]]) -> dict[str, dict[str, torch.Tensor]]:
-        a = torch.stack([image(x) for _, (x, _) in batch])
-        b = torch.stack([image(y) for _, (_, y) in batch])
+        pairs = [(image(x), image(y)) for _, (x, y) in batch]
+        counts = [min(len(a), len(b)) for a, b in pairs]  # clips of unequal length: as many frames of each
+        a = torch.cat([x[sheet_indices(len(x), k)] for (x, _), k in zip(pairs, counts)])
+        b = torch.cat([y[sheet_indices(len(y), k)] for (_, y), k in zip(pairs, counts)])
         values = backend.distances(a, b).double().reshape(-1)
-        return {key: {"distance": values[i : i + 1].float()} for i, (key, _) in enumerate(batch)}
+        ends = torch.tensor(counts).cumsum(0).tolist()
+        return {key: {"distance": values[end - k : end].mean(0, keepdim=True).float()}
+                for (key, _), k, end in zip(batch, counts, ends)}  # fmt: skip
 
     return _fill(cache, items, rows, backend.batch_size, flush_every, progress)
 

@@ -8,7 +8,8 @@ return (`divdistill.metrics.embedders.as_backend` / `as_distance`), so one facto
 `divdistill.metrics.distance.dreamsim_distance`) serves both. Backends that need an optional package are listed in
 `divdistill.metrics.packages.PACKAGES`, the one install-hint table.
 
-Built-in: pixel (the fallback), dreamsim, lpips, clip, inception. Packages add their own through the entry-point
+Built-in: pixel (the fallback), dreamsim, lpips, clip, inception, and motion (video clips only, see
+`divdistill.metrics.video`). Packages add their own through the entry-point
 group `divdistill.metrics`: an entry point names a function returning {name: factory}, loaded the first time a
 name is looked up that is neither built in nor registered (the shipped pocket pair registers "pocket" and
 "pocket-attr" this way, so nothing in this layer imports it).
@@ -33,6 +34,7 @@ from divdistill.metrics.embedders import (
     as_distance,
 )
 from divdistill.metrics.packages import EXTRA_HINT, PACKAGES, BackendUnavailable, package_installed, require
+from divdistill.metrics.video import MotionEmbedder
 
 #: `get_distance("auto")` takes the first of these that loads.
 AUTO_ORDER = ("dreamsim", "lpips", "pixel")
@@ -46,6 +48,7 @@ _BUILTIN: dict[str, Factory] = {
     "lpips": lambda device=None, net="alex", size=256, **_: LPIPSDistance(net, device, size),
     "clip": ClipEmbedder,
     "inception": InceptionEmbedder,
+    "motion": lambda device=None, **_: MotionEmbedder(),  # clips only: mean frame-difference energy
 }
 _REGISTERED: dict[str, Factory] = {}
 _PLUGINS: dict[str, Factory] = {}

@@ -1,7 +1,8 @@
 """Decode recorded latents in batches: through the pipeline's VAE (exactly as the run decodes) or a small
 autoencoder for fast previews (e.g. diffusers' `AutoencoderTiny`, "TAESD"/"TAESDXL").
 
-A decoder is any callable `latents [n, C, h, w] -> images [n, 3, H, W]` (float, values in [0, 1]).
+A decoder is any callable `latents [n, C, h, w] -> images [n, 3, H, W]` (float, values in [0, 1]); a video
+pair's takes `[n, C, f, h, w]` and returns clips `[n, F, 3, H, W]` (its family's decode, `postprocess_video`).
 `decode_latents` feeds it `chunk_size` latents per call, never one call per step per image.
 Decoded images are kept as uint8 (what a PNG holds), four times smaller than float32.
 """
@@ -96,12 +97,14 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latents(latents: torch.Tensor, decoder: Decoder, chunk_size: int = 16, uint8: bool = True) -> torch.Tensor:
-    """Decode latents of any leading shape (e.g. [steps, batch, C, h, w]) in chunks of `chunk_size` per call."""
+def decode_latents(latents: torch.Tensor, decoder: Decoder, chunk_size: int = 16, uint8: bool = True,
+                   latent_dims: int = 3) -> torch.Tensor:  # fmt: skip
+    """Decode latents of any leading shape (e.g. [steps, batch, C, h, w]) in chunks of `chunk_size` per call;
+    `latent_dims` is 4 for video latents [C, f, h, w]."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
-    lead = latents.shape[:-3]
-    flat = latents.reshape(-1, *latents.shape[-3:])
+    lead = latents.shape[:-latent_dims]
+    flat = latents.reshape(-1, *latents.shape[-latent_dims:])
     pieces = []
     for start in range(0, flat.shape[0], chunk_size):
         images = decoder(flat[start : start + chunk_size])
@@ -112,7 +115,8 @@ def decode_latents(latents: torch.Tensor, decoder: Decoder, chunk_size: int = 16
 
 @dataclass
 class DecodedTrajectory:
-    """Decoded images of a trajectory: `x0` [steps, batch, 3, H, W], `final` [batch, 3, H, W], optional `x_t`.
+    """Decoded images of a trajectory: `x0` [steps, batch, 3, H, W], `final` [batch, 3, H, W], optional `x_t`
+    (a video pair's: clips, `x0` [steps, batch, F, 3, H, W] and `final` [batch, F, 3, H, W]; `video` is True).
 
     Images are uint8 (as decoded) or float in [0, 1] (e.g. hand-made ones); `x0_float` and `final_float` give float32.
     """
@@ -125,6 +129,10 @@ class DecodedTrajectory:
     @property
     def label(self) -> str:
         return self.trajectory.label
+
+    @property
+    def video(self) -> bool:
+        return self.final.ndim == 5
 
     @property
     def num_steps(self) -> int:
@@ -166,11 +174,12 @@ def decode_trajectory(
     Where an image's final latent equals its last x0-hat (LCM, Euler, Euler-ancestral end exactly there), the
     decoded last x0-hat is reused, so the final image and the last x0-hat are the very same pixels.
     """
-    x0 = decode_latents(trajectory.x0, decoder, chunk_size)
+    dims = trajectory.final.ndim - 1  # 3 for images [C, h, w], 4 for video [C, f, h, w]
+    x0 = decode_latents(trajectory.x0, decoder, chunk_size, latent_dims=dims)
     same = [bool(torch.equal(trajectory.final[i], trajectory.x0[-1, i])) for i in range(trajectory.batch_size)]
     final = x0[-1].clone()
     differ = [i for i, s in enumerate(same) if not s]
     if differ:
-        final[differ] = decode_latents(trajectory.final[differ], decoder, chunk_size)
-    x_t_images = decode_latents(trajectory.x_t, decoder, chunk_size) if x_t else None
+        final[differ] = decode_latents(trajectory.final[differ], decoder, chunk_size, latent_dims=dims)
+    x_t_images = decode_latents(trajectory.x_t, decoder, chunk_size, latent_dims=dims) if x_t else None
     return DecodedTrajectory(trajectory=trajectory, x0=x0, final=final, x_t=x_t_images)

@@ -12,7 +12,7 @@ import torch
 
 from divdistill.images import remove_stale_temps, write_json_atomic
 from divdistill.recording import META_FILE, Trajectory
-from divdistill.trajectory import render
+from divdistill.trajectory import render, video
 from divdistill.trajectory.curves import commitment_distances, diversity_distances, final_diversity
 from divdistill.trajectory.decode import Decoder, decode_trajectory, pipeline_decoder
 from divdistill.trajectory.plan import PromptJob, TraceSampling, distilled_timesteps
@@ -97,7 +97,7 @@ def trace_prompt(
     (folder / PROMPT_RECORD).unlink(missing_ok=True)
     sample_key = {**request["sampling"], "prompt": job.prompt, "seeds": list(job.seeds)}
     record = PromptRecord(job.id, job.prompt, list(job.seeds), request, context.distance.describe(), [])
-    decoded_first = {}
+    decoded_first, clips = {}, {}  # clips: a video pair's decoded runs (divdistill.trajectory.video)
     chunk = context.decode_batch_size
     for variant in variants:
         latents = folder / "latents" / variant.folder
@@ -109,27 +109,35 @@ def trace_prompt(
             if context.save_latents:
                 trajectory.save(latents)
         decoded = decode_trajectory(trajectory, context.decode, chunk_size=chunk)
-        grid, gif = f"grid-{variant.folder}.png", f"x0-{variant.folder}.gif"
-        render.trajectory_grid(decoded, folder / grid, max_columns=context.max_columns,
-                               title=f"{variant.text}: x0-hat per step | {job.prompt}")  # fmt: skip
-        render.animation(decoded, folder / gif)
+        distance = video.clip_distance(context.distance) if decoded.video else context.distance
+        if decoded.video:
+            grid, gif = video.variant_figures(decoded, folder, variant, job.prompt, context.max_columns)
+            clips[variant.text] = decoded
+        else:
+            grid, gif = f"grid-{variant.folder}.png", f"x0-{variant.folder}.gif"
+            render.trajectory_grid(decoded, folder / grid, max_columns=context.max_columns,
+                                   title=f"{variant.text}: x0-hat per step | {job.prompt}")  # fmt: skip
+            render.animation(decoded, folder / gif)
+            decoded_first[variant.text] = decode_trajectory(trajectory.select([0]), context.decode, chunk, x_t=True)
         record.files += [grid, gif]
-        decoded_first[variant.text] = decode_trajectory(trajectory.select([0]), context.decode, chunk, x_t=True)
         record.modes[variant.text] = ModeRecord(
             kind=variant.kind,
             steps=list(trajectory.steps),
             settings=trajectory.settings,
             nfe_per_image=trajectory.extra.get("nfe_per_image"),
-            commitment=commitment_distances(decoded, context.distance).tolist(),
-            diversity=diversity_distances(decoded, context.distance)[:, 0].tolist(),
-            final_diversity=final_diversity(decoded, context.distance)[0],
+            commitment=commitment_distances(decoded, distance).tolist(),
+            diversity=diversity_distances(decoded, distance)[:, 0].tolist(),
+            final_diversity=final_diversity(decoded, distance)[0],
             grid=grid,
             animation=gif,
             latents=latents.relative_to(folder).as_posix() if context.save_latents else None,
         )
-    render.side_by_side(decoded_first, folder / record.side_by_side, max_columns=context.max_columns,
-                        title=f"seed {job.seeds[0]}: x_t and x0-hat per mode | {job.prompt}")  # fmt: skip
-    record.files.append(record.side_by_side)
+    if clips:
+        record.files += video.side_by_side_figures(clips, folder, job.prompt, record.side_by_side, context.max_columns)
+    else:
+        render.side_by_side(decoded_first, folder / record.side_by_side, max_columns=context.max_columns,
+                            title=f"seed {job.seeds[0]}: x_t and x0-hat per mode | {job.prompt}")  # fmt: skip
+        record.files.append(record.side_by_side)
     record.distilled_timesteps = _distilled_timesteps(context, variants, record)
     write_json_atomic(record.to_json(), folder / PROMPT_RECORD)
     return record
