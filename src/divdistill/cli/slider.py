@@ -11,14 +11,19 @@ the reverse transfer the paper reports; `--on base` is the usual direction. Appl
 `divdistill generate --lora OUT/slider.safetensors:SCALE [--lora-on base|distilled|both] [--lora-start T]`, or
 measure its transfer with `divdistill control eval --adapter OUT/slider.safetensors`.
 
-Objective (see divdistill.control.train): with the LoRA on, eps_lora(x_t, target) is trained towards
-eps(x_t, neutral) + eta * (eps(x_t, positive) - eps(x_t, negative)) (--action erase flips the sign), x_t from
-partially denoising pure noise with the LoRA on (k of --denoise-steps DDIM steps, k random).
+Objective (see divdistill.control.train; the pair's family decides): on SD, SDXL and PixArt, with the LoRA on,
+eps_lora(x_t, target) is trained towards eps(x_t, neutral) + eta * (eps(x_t, positive) - eps(x_t, negative))
+(--action erase flips the sign), x_t from partially denoising pure noise with the LoRA on (k of --denoise-steps
+DDIM steps, k random). On SD3 and FLUX the same target in velocity space, rescaled to the norm of
+v(x_t, positive) as the FLUX slider reference does, x_t from k of --denoise-steps steps of the model's own flow
+sampler with the LoRA off; their attention is joint, so --train-method is noxattn (the default) or full, both
+every attention linear of the transformer blocks. Other families are refused in one line.
 
-Outputs in OUT: <name>.safetensors (diffusers format, `load_lora_weights` loads it; --format kohya writes Concept
-Sliders' own key layout), train.json (settings, loss per step), checkpoints/step-NNNNNNN.pt (LoRA, optimizer and
-RNG states). Rerunning the same command resumes from the newest checkpoint and ends with the same weights as an
-uninterrupted run; a larger --iterations continues training; other settings are an error unless --overwrite.
+Outputs in OUT: <name>.safetensors (diffusers format, `unet.` or `transformer.` keys: `load_lora_weights` loads it;
+--format kohya writes Concept Sliders' own key layout), train.json (settings, loss per step),
+checkpoints/step-NNNNNNN.pt (LoRA, optimizer and RNG states). Rerunning the same command resumes from the newest
+checkpoint and ends with the same weights as an uninterrupted run; a larger --iterations continues training;
+other settings are an error unless --overwrite.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--train-method",
         choices=("noxattn", "xattn", "selfattn", "full"),
         default="noxattn",
-        help="attention layers trained (default noxattn: all but cross-attention)",
+        help="attention layers trained (default noxattn: all but cross-attention; SD3/FLUX: noxattn or full)",
     )
     training.add_argument("--no-conv", action="store_true", help="leave ResnetBlock2D / Down/Upsample2D layers out")
     training.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
