@@ -113,8 +113,8 @@ def test_an_architecture_mismatch_is_refused_listing_names_and_shapes(pipe) -> N
         delta_from_finetune(state, pipe.base.unet)
     assert str(caught.value) == (
         "the fine-tuned state dict does not fit the reference UNet2DConditionModel: 1 shapes differ (conv_in.weight: "
-        "[32, 9, 3, 3] vs [32, 4, 3, 3]), 1 only in the fine-tune (extra.weight), 1 only in the reference "
-        "(conv_out.bias); is it a fine-tune of this model's architecture?"
+        "[32, 9, 3, 3] vs [32, 4, 3, 3]), 1 only in the adapter (extra.weight), 1 only in the reference "
+        "(conv_out.bias); was it trained on a model of this architecture?"
     )
     other = tiny_sdxl_unet(seed=0)  # SDXL: cross-attention 64 wide, addition embeddings, 2 transformer layers
     with pytest.raises(DeltaMismatchError) as caught:

@@ -160,6 +160,6 @@ def custom_diffusion_delta(
         kind="custom-diffusion",
         source=concept.source,
     )
-    delta.info["layers"] = sorted({name.rsplit(".", 2)[0] for name in concept.weights})
+    delta.info["layers"] = sorted({re.sub(r"\.(to_[kvq]|to_out\.0)\.(weight|bias)$", "", n) for n in concept.weights})
     delta.info["tokens"] = sorted(concept.tokens)
     return delta

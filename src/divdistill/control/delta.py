@@ -42,14 +42,14 @@ class DeltaMismatchError(ValueError):
         parts = []
         for title, items in (
             ("shapes differ", shapes),
-            ("only in the fine-tune", only_finetuned),
+            ("only in the adapter", only_finetuned),
             ("only in the reference", only_reference),
         ):
             if items:
                 more = f"; ... and {len(items) - limit} more" if len(items) > limit else ""
                 parts.append(f"{len(items)} {title} ({'; '.join(items[:limit])}{more})")
         super().__init__(
-            f"{source} does not fit the {target}: {', '.join(parts)}; is it a fine-tune of this model's architecture?"
+            f"{source} does not fit the {target}: {', '.join(parts)}; was it trained on a model of this architecture?"
         )
 
 
