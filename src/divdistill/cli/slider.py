@@ -5,6 +5,8 @@ Examples
     divdistill slider train --preset sdxl-dmd2 --on distilled --target "a person" \\
         --positive "a person, very old" --negative "a person, very young" --out sliders/age
     divdistill slider train --preset sdxl-dmd2 --on base ... --iterations 1000 --resolution 512 --out DIR
+    divdistill slider train --preset flux-schnell --on distilled ... --rank 16 --lr 2e-3 --eta 2 \
+        --resolution 512 --denoise-steps 4 --out DIR    # the FLUX slider reference's settings (schnell)
 
 Training on the distilled model (cheap: it is the same UNet architecture) and using the slider on the base is
 the reverse transfer the paper reports; `--on base` is the usual direction. Apply the result with
