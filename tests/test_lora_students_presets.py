@@ -18,6 +18,7 @@ from divdistill.pipeline.student import STUDENT_ADAPTER
 from divdistill.presets import PRESETS
 from divdistill.testing.lora_students import PUBLISHED
 from divdistill.testing.tiny_qwen import LIGHTNING_FILES, QWEN_LIGHTNING
+from divdistill.testing.tiny_wan import WAN_STUDENT_FILES
 
 #: name -> (steps, distilled scheduler, timesteps, resolution, student weight)
 LORA_EXPECTED = {
@@ -29,6 +30,11 @@ LORA_EXPECTED = {
     "sdxl-tcd": (4, "TCDScheduler", [999.0, 759.0, 499.0, 259.0], 1024, 1.0),
     "flux-hyper": (8, "FlowMatchEulerDiscreteScheduler", None, 1024, 0.125),
     "qwen-image-lightning": (8, "FlowMatchEulerDiscreteScheduler", None, 1024, 1.0),  # tests/test_qwen_image.py
+    # the video pairs (480 x 832, 81 frames; parity in tests/test_wan.py): lightx2v's 1000/750/500/250 at shift 5
+    "wan21-lightx2v": (4, "FlowMatchEulerDiscreteScheduler", [1000.0, 937.5, 833.3333, 625.0], 480, 1.0),
+    "wan22-lightning": (4, "FlowMatchEulerDiscreteScheduler", [1000.0, 937.5, 833.3333, 625.0], 480, 1.0),
+    "wan21-causvid": (12, "UniPCMultistepScheduler", None, 480, 0.3),
+    "wan21-1.3b-causvid": (12, "UniPCMultistepScheduler", None, 480, 0.5),
 }
 
 pytestmark = pytest.mark.usefixtures("fresh_process_state")
@@ -44,7 +50,8 @@ def test_every_lora_preset_file_is_in_the_offline_hub(offline_hub: Path) -> None
     for name in lora_presets:
         preset = PRESETS[name]
         for filename in preset.lora_files.values():
-            published = {**PUBLISHED, QWEN_LIGHTNING: dict.fromkeys(LIGHTNING_FILES.values())}  # tiny_qwen writes it
+            published = {**PUBLISHED, QWEN_LIGHTNING: dict.fromkeys(LIGHTNING_FILES.values()),  # tiny_qwen writes it
+                         **WAN_STUDENT_FILES}  # and tiny_wan those  # fmt: skip
             assert filename in published[preset.distilled_repo], (name, filename)
             path = try_to_load_from_cache(preset.distilled_repo, filename, cache_dir=str(offline_hub))
             assert isinstance(path, str), (name, filename)
@@ -60,7 +67,8 @@ def test_lora_preset_loads_offline_as_one_network(name: str, offline_hub: Path) 
     assert pipe.family.network(pipe.base) is pipe.family.network(pipe.distilled)
     assert pipe.adapter_states.active("distilled") == {STUDENT_ADAPTER: weight}
     assert pipe.adapter_states.active("base") == {}
-    out = pipe("a cat", height=64, width=64, generator=torch.Generator().manual_seed(0), output_type="latent")
+    clip = {"num_frames": 5} if pipe.family.video else {}
+    out = pipe("a cat", height=64, width=64, generator=torch.Generator().manual_seed(0), output_type="latent", **clip)
     assert [s.model for s in out.steps] == ["base"] + ["distilled"] * (steps - 1)
     if timesteps is not None:
         assert [s.timestep for s in out.steps] == pytest.approx(timesteps)

@@ -61,6 +61,7 @@ from divdistill.testing.tiny_wan import WAN_REPOS, write_wan_repos
 __all__ = [
     "HUB_REPOS",
     "build_offline_hub",
+    "build_wan_hub",
     "default_revision_hash",
     "repo_cache_dir",
     "repo_snapshot_dir",
@@ -284,6 +285,23 @@ def build_offline_hub(
         for snap in snapshots.values():
             write_tree_cache(snap)
     return snapshots
+
+
+def build_wan_hub(cache_dir: str | Path, seed: int = 0, *, fp16_variants: bool = False) -> Path:
+    """Only the Wan repos of :func:`build_offline_hub` (`divdistill.testing.tiny_wan`), the same bytes for the same
+    seed, for tests that need no other family (about a second instead of the whole hub). Returns `cache_dir`."""
+    cache_dir = Path(cache_dir)
+    snapshots: dict[str, Path] = {}
+
+    def write(repo: str, cls: Any, components: dict[str, Any]) -> None:
+        snapshots[repo] = repo_snapshot_dir(cache_dir, repo)
+        _save_pipeline(cls(**components), snapshots[repo], fp16_variants)
+
+    with _quiet_saving():
+        write_wan_repos(cache_dir, seed, snapshots, write, repo_snapshot_dir)
+    for snap in snapshots.values():
+        write_tree_cache(snap)
+    return cache_dir
 
 
 def _write_all_repos(cache_dir: Path, seed: int, fp16_variants: bool) -> dict[str, Path]:

@@ -48,6 +48,7 @@ __all__ = [
     "WAN22_A14B",
     "WAN_REPOS",
     "WAN_SCHEDULER_CONFIG",
+    "WAN_STUDENT_FILES",
     "student_layers",
     "tiny_wan_components",
     "tiny_wan_transformer",
@@ -73,6 +74,12 @@ LIGHTNING_FILES = {"high": f"{_SEKO}/high_noise_model.safetensors", "low": f"{_S
 #: boundary_ratio of Wan2.2-T2V-A14B-Diffusers (the authors' t2v_A14B.boundary 0.875).
 WAN22_BOUNDARY_RATIO = 0.875
 
+#: Every student LoRA file written, by repo.
+WAN_STUDENT_FILES: dict[str, tuple[str, ...]] = {
+    LIGHTX2V_WAN21: (LIGHTX2V_WAN21_FILE,),
+    KIJAI: tuple(CAUSVID_FILES.values()),
+    LIGHTNING: tuple(LIGHTNING_FILES.values()),
+}
 WAN_REPOS: dict[str, str] = {
     WAN21_1_3B: "full WanPipeline (UniPC, flow sigmas, flow_shift 3)",
     WAN21_14B: "full WanPipeline (UniPC, flow sigmas, flow_shift 3)",
