@@ -47,13 +47,14 @@ def run(pipe, mode: str = "hybrid") -> np.ndarray:
     return pipe(PROMPT, generator=torch.Generator().manual_seed(3), output_type="np", mode=mode).images
 
 
-def layer_finetune(unet: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    """A fine-tune that changed only Linear / Conv2d weights (what a LoRA can hold), by `scale` of their size."""
+def layer_finetune(unet: torch.nn.Module, seed: int, scale: float = 0.05, only: str = "") -> torch.nn.Module:
+    """A fine-tune that changed only Linear / Conv2d weights (what a LoRA can hold), by `scale` of their size
+    (`only`: the modules whose path contains it)."""
     tuned = copy.deepcopy(unet)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in tuned.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+        for path, module in tuned.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and only in f"{path}.":
                 size = module.weight.abs().mean()
                 module.weight += scale * size * torch.randn(module.weight.shape, generator=generator)
     return tuned
@@ -194,7 +195,7 @@ def test_the_compressed_delta_loads_with_diffusers_load_lora_weights(pipe, tmp_p
 
 
 def test_start_timesteps_go_through_the_lora_route_and_are_refused_for_patches(pipe) -> None:
-    finetuned = layer_finetune(pipe.base.unet, seed=5)
+    finetuned = layer_finetune(pipe.base.unet, seed=5, only=".attn2.")
     reference = run(pipe, "hybrid")
     with AdaptedPipeline(pipe) as adapted:
         with pytest.raises(ValueError) as caught:
@@ -203,7 +204,7 @@ def test_start_timesteps_go_through_the_lora_route_and_are_refused_for_patches(p
             "the fine-tuned UNet2DConditionModel: a start timestep switches an adapter per step, which a weight patch "
             "cannot; pass as_lora=True (the delta as an SVD LoRA) or no start"
         )
-        unrelated = layer_finetune(pipe.base.unet, seed=5, scale=10.0)  # as far from either model
+        unrelated = layer_finetune(pipe.base.unet, seed=5, scale=10.0, only=".attn2.")  # as far from either model
         pattern = (
             r"^the fine-tuned UNet2DConditionModel: cannot tell which model it was trained on \(distance "
             r"[\d.]+ to the base, [\d.]+ to the distilled\); pass trained_on='base' or 'distilled'$"
@@ -219,3 +220,50 @@ def test_start_timesteps_go_through_the_lora_route_and_are_refused_for_patches(p
         with pytest.raises(ValueError, match="is a LoRA: trained_on, as_lora, rank and energy are for deltas"):
             adapted.add(lora, as_lora=True)
     assert np.array_equal(run(pipe, "hybrid"), reference)
+
+
+def test_a_lora_student_pair_takes_patches_on_both_models_and_the_lora_route_per_model(tmp_path: Path) -> None:
+    """One network is both models (the student is a PEFT adapter on the base): a weight patch reaches through the
+    PEFT wrappers and hits both, so one model alone needs the LoRA route."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from divdistill.loading import lora_pair_from_pipeline
+    from divdistill.pipeline.student import STUDENT_ADAPTER
+    from divdistill.testing.lora_students import student_layers, write_student_lora
+    from divdistill.testing.tiny import tiny_sdxl_components
+
+    bare = tiny_sdxl_components(seed=0)["unet"]
+    student = write_student_lora(student_layers(bare, seed=3), tmp_path / "student.safetensors", "diffusers")
+    pipe = lora_pair_from_pipeline(StableDiffusionXLPipeline(**tiny_sdxl_components(seed=0)), str(student))
+    pipe.set_progress_bar_config(disable=True)
+    network = pipe.base.unet
+    assert network is pipe.distilled.unet
+    before = weights(network)
+    assert before.keys() == network_parameters(bare).keys()  # bare names through the student's PEFT wrappers
+    finetuned = layer_finetune(bare, seed=9, scale=0.05, only=".attn2.")  # few layers: PEFT injection is slow
+    kwargs = {"height": 32, "width": 32, "output_type": "latent", "num_inference_steps": 2}
+    reference = pipe("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    with AdaptedPipeline(pipe) as adapted:
+        with pytest.raises(ValueError) as caught:
+            adapted.add(finetuned, on="distilled")
+        assert str(caught.value) == (
+            "the fine-tuned UNet2DConditionModel: this pair's base and distilled models are one network (a LoRA "
+            "student), so a weight patch on='distilled' would change both; pass as_lora=True (the delta as an SVD "
+            "LoRA, switched per model) or on='both'"
+        )
+        with pytest.raises(ValueError, match=r"distilled model is its base network plus a student LoRA"):
+            adapted.add(finetuned, trained_on="distilled")
+        adapter = adapted.add(finetuned, on="both")
+        assert adapter.info["trained_on"] == "base" and adapter.info["exact_on"] == ["base"]
+        assert equal(network, weights(finetuned))  # the base layers of the student's wrappers: the fine-tune exactly
+        assert STUDENT_ADAPTER in network.peft_config
+        assert np.isfinite(adapted("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images).all()
+        adapted.remove(adapter.name)
+        assert equal(network, before)
+        lora = adapted.add(finetuned, on="distilled", as_lora=True, energy=0.9, scale=0.0)
+        assert pipe.adapter_states.added == {"base": {}, "distilled": {}}  # scale 0: off
+        assert torch.equal(adapted("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images, reference)
+        adapted.set_scale(lora.name, 1.0)
+        assert pipe.adapter_states.added == {"base": {}, "distilled": {lora.name: 1.0}}
+    assert equal(network, before) and set(network.peft_config) == {STUDENT_ADAPTER}
+    assert torch.equal(pipe("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images, reference)
