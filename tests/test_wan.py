@@ -323,3 +323,17 @@ def test_x0_hat_is_taken_at_the_schedulers_own_sigma() -> None:
     sigma = scheduler.sigmas[3]
     assert abs(float(sigma) - float(t) / 1000) > 1e-5  # the integer timestep is not the sigma
     assert torch.equal(WAN_FLOW.x0(None, v, "flow", x, scheduler, t), x - sigma * v)
+
+
+def test_own_schedule_base_hands_off_at_the_students_noise_level(wan22) -> None:
+    """The base on its own UniPC grid, cut (as an Euler step) at Lightning's next sigma 0.9375: flow latents pass
+    unchanged, and every base step above the boundary runs the high-noise expert."""
+    hybrid, _ = wan22
+    seen = []
+    out = hybrid(PROMPT, base_steps=1, base_schedule="own", base_num_inference_steps=12, output_type="latent",
+                 generator=_seed(4), callback=lambda i: seen.append((i.model, i.timestep, i.sample, i.prev_sample)))
+    base = [x for x in seen if x[0] == "base"]  # fmt: skip
+    distilled = [x for x in seen if x[0] == "distilled"]
+    assert len(base) > 1 and [x[1] for x in distilled] == pytest.approx([937.5, 833.3333, 625.0])
+    assert all(x[1] > 937.5 for x in base) and torch.equal(base[-1][3], distilled[0][2])
+    assert [s.guidance_scale for s in out.steps] == [5.0] * len(base) + [1.0] * 3
