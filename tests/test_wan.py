@@ -91,8 +91,9 @@ class BaseForFirstSteps:
     def __init__(self, pipe, k: int, scales: tuple[float, float] = (1.0, 1.0), spy_only: bool = False) -> None:
         self.pipe, self.k, self.scales, self.calls, self.spy_only = pipe, k, scales, [], spy_only
         self.experts = [n for n in (pipe.transformer, getattr(pipe, "transformer_2", None)) if n is not None]
-        self.negative, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, device="cpu",
-                                              max_sequence_length=512)  # WanPipeline.__call__'s length
+        self.negative, _ = pipe.encode_prompt(
+            "", do_classifier_free_guidance=False, device="cpu", max_sequence_length=512
+        )  # WanPipeline.__call__'s length
         self.forwards = [network.forward for network in self.experts]
         for index, network in enumerate(self.experts):
             network.forward = self._spy(index)
@@ -134,9 +135,10 @@ def test_wan_pipelines_are_their_family_and_the_pair_is_one_network(wan21) -> No
     assert isinstance(family_of(reference), WanFamily) and hybrid.family.video
     assert hybrid.base.transformer is hybrid.distilled.transformer
     assert hybrid.family.default_num_frames(hybrid.distilled) == 81
-    assert [float(t) for t in hybrid.family.set_schedule(hybrid.distilled, hybrid.distilled.scheduler, 4,
-                                                         LIGHTX2V_STEPS, "cpu", ())] == pytest.approx(
-        [1000.0, 937.5, 833.3333, 625.0])  # fmt: skip  (Wan2.2-Lightning's trained timesteps)
+    assert [
+        float(t)
+        for t in hybrid.family.set_schedule(hybrid.distilled, hybrid.distilled.scheduler, 4, LIGHTX2V_STEPS, "cpu", ())
+    ] == pytest.approx([1000.0, 937.5, 833.3333, 625.0])  # fmt: skip  (Wan2.2-Lightning's trained timesteps)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])
@@ -158,8 +160,9 @@ def test_distilled_on_unipc_is_the_pipeline_bit_for_bit(tmp_path) -> None:
     is the pipeline's."""
     base = WanPipeline(**tiny_wan_components(1))
     lora = write_student_file(student_layers(base.transformer, 5), tmp_path / "c.safetensors")
-    pipe = lora_pair_from_pipeline(base, str(lora), scheduler="unipc",
-                                   defaults=SamplingDefaults(num_inference_steps=6, guidance_scale=1.0, **CLIP))
+    pipe = lora_pair_from_pipeline(
+        base, str(lora), scheduler="unipc", defaults=SamplingDefaults(num_inference_steps=6, guidance_scale=1.0, **CLIP)
+    )
     pipe.set_progress_bar_config(disable=True)  # fmt: skip
     ours = pipe(PROMPT, mode="distilled", generator=_seed(), output_type="np").images
     unipc = WanPipeline(**{**base.components, "scheduler": UniPCMultistepScheduler.from_config(base.scheduler.config)})
@@ -213,8 +216,11 @@ def test_bad_frame_counts_and_sizes_are_refused(wan21) -> None:
     with pytest.raises(ValueError, match=r"^height and width must be multiples of 16 for Wan .* got 40x32; e\.g\. "
                                          r"32x32\.$"):  # fmt: skip
         hybrid(PROMPT, height=40, output_type="latent")
-    with pytest.raises(ValueError, match=r"^guidance_scale_2 is the guidance scale of a second expert .* the distilled "
-                                         r"model of this wan pair has one network\. Use guidance_scale instead\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^guidance_scale_2 is the guidance scale of a second expert .* the distilled "
+        r"model of this wan pair has one network\. Use guidance_scale instead\.$",
+    ):
         hybrid(PROMPT, guidance_scale_2=2.0, output_type="latent")  # fmt: skip
     assert nearest_frame_counts(81, 4) == (81,) and nearest_frame_counts(3, 4) == (1, 5)
 
@@ -330,8 +336,15 @@ def test_own_schedule_base_hands_off_at_the_students_noise_level(wan22) -> None:
     unchanged, and every base step above the boundary runs the high-noise expert."""
     hybrid, _ = wan22
     seen = []
-    out = hybrid(PROMPT, base_steps=1, base_schedule="own", base_num_inference_steps=12, output_type="latent",
-                 generator=_seed(4), callback=lambda i: seen.append((i.model, i.timestep, i.sample, i.prev_sample)))
+    out = hybrid(
+        PROMPT,
+        base_steps=1,
+        base_schedule="own",
+        base_num_inference_steps=12,
+        output_type="latent",
+        generator=_seed(4),
+        callback=lambda i: seen.append((i.model, i.timestep, i.sample, i.prev_sample)),
+    )
     base = [x for x in seen if x[0] == "base"]  # fmt: skip
     distilled = [x for x in seen if x[0] == "distilled"]
     assert len(base) > 1 and [x[1] for x in distilled] == pytest.approx([937.5, 833.3333, 625.0])
