@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from divdistill.variant import Variant
 
 
+#: Captions of a prompt's side-by-side, its grids and its animations (images; a video pair's clips).
+IMAGE_CAPTIONS = ("x_t and x0-hat rows per mode", "rows = seeds, columns = steps", "x0-hat over the steps")
+VIDEO_CAPTIONS = ("x0-hat frames per step of every mode", "frames per step, first seed",
+                  "x0-hat clips, rows = seeds, columns = steps")  # fmt: skip
+
+
 def write_index_page(
     out: Path,
     records: Sequence[PromptRecord],
@@ -54,10 +60,15 @@ def write_index_page(
     shown = records[:max_prompts]
     for record in shown:
         base = f"prompts/{record.id}/"
-        items = [Item(base + record.side_by_side, f"seed {record.seeds[0]}: x_t and x0-hat rows per mode")]
+        animated = str(Path(record.side_by_side).with_suffix(".gif"))
+        clips = animated in record.files  # a video pair's trace (divdistill.trajectory.video)
+        texts = VIDEO_CAPTIONS if clips else IMAGE_CAPTIONS
+        items = [Item(base + record.side_by_side, f"seed {record.seeds[0]}: {texts[0]}")]
+        if clips:
+            items.append(Item(base + animated, "final clips: rows = modes, columns = seeds"))
         modes = record.modes.items()
-        items += [Item(base + mode.grid, f"{label}: rows = seeds, columns = steps") for label, mode in modes]
-        items += [Item(base + mode.animation, f"{label}: x0-hat over the steps") for label, mode in modes]
+        items += [Item(base + mode.grid, f"{label}: {texts[1]}") for label, mode in modes]
+        items += [Item(base + mode.animation, f"{label}: {texts[2]}") for label, mode in modes]
         sections.append(Section(f"{record.id}: {record.prompt}", items))
     if len(records) > len(shown):
         sections.append(Section(f"... and {len(records) - len(shown)} more prompts (see prompts/)"))

@@ -44,8 +44,9 @@ def clip_distance(distance: ImageDistance) -> ImageDistance:
 
 
 def _step_label(decoded: DecodedTrajectory, step: int, prefix: str = "") -> str:
+    """'step 2/4', the timestep and the model, one per line (after `prefix`, e.g. the variant, on its own line)."""
     record = decoded.trajectory.steps[step]
-    return f"{prefix}{step + 1}/{decoded.num_steps} t={record.timestep:g}\n{record.model}"
+    return f"{prefix}step {step + 1}/{decoded.num_steps}\nt={record.timestep:g}\n{record.model}"
 
 
 def _shows_final(decoded: DecodedTrajectory) -> bool:
@@ -60,9 +61,8 @@ def _seed_label(decoded: DecodedTrajectory, index: int) -> str:
 def step_rows(decoded: DecodedTrajectory, max_columns: int | None, image: int = 0,
               prefix: str = "") -> list[tuple[str, Any]]:  # fmt: skip
     """(label, x0-hat clip) of clip `image` at the shown steps, and its final clip when that differs."""
-    rows = [
-        (_step_label(decoded, s, prefix), decoded.x0[s, image]) for s in pick_columns(decoded.num_steps, max_columns)
-    ]
+    steps = pick_columns(decoded.num_steps, max_columns)
+    rows = [(_step_label(decoded, s, prefix), decoded.x0[s, image]) for s in steps]
     if _shows_final(decoded):
         rows.append((f"{prefix}final", decoded.final[image]))
     return rows
@@ -75,7 +75,7 @@ def variant_figures(decoded: DecodedTrajectory, folder: Path, variant: Variant, 
     title = f"{variant.text}: x0-hat per step, {_seed_label(decoded, 0)} | {prompt}"
     save_image_atomic(frames_sheet(step_rows(decoded, max_columns), title=title), folder / grid)
     steps = pick_columns(decoded.num_steps, max_columns)
-    columns = [_step_label(decoded, s).replace("\n", " ") for s in steps]
+    columns = [_step_label(decoded, s) for s in steps]
     rows = [(_seed_label(decoded, i), [decoded.x0[s, i] for s in steps]) for i in range(decoded.batch_size)]
     frames = animated_grid(rows, columns, title=f"{variant.text}: x0-hat clips per step | {prompt}")
     save_animation(frames, folder / gif, fps=DEFAULT_FPS)
@@ -88,7 +88,7 @@ def side_by_side_figures(decoded: Mapping[str, DecodedTrajectory], folder: Path,
     clips, variants by seeds); return their file names."""
     if not decoded:
         raise ValueError("side-by-side figures need at least one decoded trajectory")
-    rows = [row for label, run in decoded.items() for row in step_rows(run, max_columns, prefix=f"{label} ")]
+    rows = [row for label, run in decoded.items() for row in step_rows(run, max_columns, prefix=f"{label}\n")]
     first = next(iter(decoded.values()))
     sheet = frames_sheet(rows, title=f"{_seed_label(first, 0)}: x0-hat per step per variant | {prompt}")
     save_image_atomic(sheet, folder / still)
