@@ -1,4 +1,5 @@
-"""`divdistill control eval`: how an adapter (LoRA, Concept Slider) transfers between base, distilled and hybrid.
+"""`divdistill control eval`: how an adapter (LoRA, Concept Slider, fine-tune delta, Custom Diffusion concept,
+textual inversion) transfers between base, distilled and hybrid.
 
 Examples
 --------
@@ -6,13 +7,24 @@ Examples
         --prompt "a photo of a person" --seeds 0-7 --concept "an old person" --out DIR
     divdistill control eval --preset sdxl-dmd2 --adapter lego.safetensors --prompts prompts.csv --seeds 0-3 \\
         --concept "lego" --start 700 --scorer my_package.scores:attribute_scorer --out DIR
+    divdistill control eval --preset sdxl-dmd2 --adapter dreambooth-dog/ --kind delta --scales 0.5,1 \
+        --prompt "a photo of a dog" --concept "a photo of sks dog" --out DIR      # a full fine-tune of the base
+    divdistill control eval --preset pocket --adapter big.safetensors --kind textual-inversion --scales 1 \
+        --prompt "a <big> circle" --scorer divdistill.pocket.scorers:size --out DIR
+
+--kind (default: detected) is `AdaptedPipeline.add`'s: lora, delta (a fine-tune folder, repo id or file; applied
+as a weight patch, or with --rank R as its SVD LoRA of rank R; --trained-on says which model it was fine-tuned
+from, detected otherwise), custom-diffusion, textual-inversion (no scale: scale 1 is the prompt as given, which
+must name the token, scale 0 the prompt without it).
 
 Every model (base on its own schedule, distilled, hybrid) runs each prompt and seed at each scale, with the
 adapter on both UNets (scale 0, always run, is the unedited reference: the adapter off, bit for bit). The score
 is the CLIP score of the image wrt --concept (open_clip, `pip install divdistill[metrics]`; --clip-model picks the
 model) or, with --scorer MODULE:ATTR, any `fn(images [N,3,H,W] in [0,1], texts) -> [N]` (or a class making one);
-a registered metric backend name with a text encoder also works. The paper's metric is the mean percentage change
-of the score from scale 0 (a scorer with `relative = False` reports the absolute change).
+a registered metric backend name with a text encoder also works. On the pocket pair,
+divdistill.pocket.scorers:size (or :x, :y, :background) is the evaluator's read-out (no --concept needed). The
+paper's metric is the mean percentage change of the score from scale 0 (a scorer with `relative = False`, as the
+pocket read-outs, reports the absolute change).
 
 Outputs in OUT: control.csv (model, scale, score, change, n), control.json (also every image's score and the
 settings), control.md (change table, mean scores, transfer relative to the base), grid.png and
@@ -27,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from divdistill.cli import CLIError
+from divdistill.cli import delta as delta_cli
 from divdistill.cli.common import (
     add_command,
     add_command_group,
@@ -41,6 +54,8 @@ from divdistill.cli.common import (
 )
 
 MODELS = ("base", "distilled", "hybrid")
+#: `divdistill.control.kinds.KINDS` and "auto", spelled here so `--help` imports no torch (a test keeps them equal).
+KINDS = ("auto", "lora", "delta", "custom-diffusion", "textual-inversion")
 
 
 def _scales(text: str) -> list[float]:
@@ -88,9 +103,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     # (argparse only recognises single negative numbers; `--scales=-2,-1` works regardless).
     evaluate._negative_number_matcher = re.compile(r"^-\d[\d.,eE+-]*$")
     what = evaluate.add_argument_group("what to measure")
-    what.add_argument("--adapter", required=True, metavar="FILE", help="LoRA / slider file (any supported format)")
-    what.add_argument("--scales", type=_scales, default=[-2.0, -1.0, 0.0, 1.0, 2.0],
-                      help="adapter scales (default -2,-1,0,1,2; 0 is always added)")  # fmt: skip
+    what.add_argument("--adapter", required=True, metavar="FILE",
+                      help="adapter: LoRA / slider file, fine-tune (folder, file or repo id with --kind delta), "
+                           "Custom Diffusion weights, embedding file")  # fmt: skip
+    what.add_argument("--kind", choices=KINDS, default="auto", help="adapter kind (default: detected)")
+    trained = "delta / Custom Diffusion: the model it was fine-tuned from (default: detected)"
+    what.add_argument("--trained-on", choices=("base", "distilled"), help=trained)
+    rank = "delta / Custom Diffusion: apply it as its SVD LoRA of rank R (needed with --start)"
+    what.add_argument("--rank", type=positive_int, metavar="R", help=rank)
+    scales = "adapter scales (default -2,-1,0,1,2, a textual inversion's 1; 0 is always added)"
+    what.add_argument("--scales", type=_scales, default=None, help=scales)
     what.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable)")
     what.add_argument("--prompts", metavar="FILE.csv", help="CSV with a 'prompt' column")
     what.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3], help="seeds, e.g. 0-7 or 0,3,5 (default 0-3)")
@@ -114,6 +136,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument("--no-images", action="store_true", help="write tables and grids only")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=run_control_eval)
+    delta_cli.add_parser(commands)
     return parser
 
 
@@ -130,6 +153,26 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         raise CLIError(str(error)) from None
 
 
+def adapter_kind(args: argparse.Namespace) -> str:
+    """--kind, or the kind detected from --adapter (which must exist, except a fine-tune's repo id)."""
+    from divdistill.control.kinds import detect_kind
+    from divdistill.control.lora import AdapterFormatError
+
+    if not Path(args.adapter).exists() and args.kind != "delta":
+        raise CLIError(f"no adapter file ({args.adapter}, --adapter); check the path (a fine-tune's repo id needs "
+                       "--kind delta)")  # fmt: skip
+    if args.kind != "auto":
+        kind = args.kind
+    else:
+        try:
+            kind = detect_kind(args.adapter)
+        except AdapterFormatError as error:
+            raise CLIError(f"{error} (--kind)") from None
+    if (args.trained_on or args.rank) and kind not in ("delta", "custom-diffusion"):
+        raise CLIError(f"--trained-on and --rank are for deltas and Custom Diffusion; --adapter is a {kind}")
+    return kind
+
+
 def run_control_eval(args: argparse.Namespace) -> int:
     from divdistill.control.evaluate import evaluate_control, get_scorer, write_control_report
     from divdistill.control.formats import read_lora
@@ -144,12 +187,14 @@ def run_control_eval(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         raise CLIError(f"--models: choose from {', '.join(MODELS)} (got {args.models!r})")
-    if not Path(args.adapter).exists():
-        raise CLIError(f"no adapter file ({args.adapter}, --adapter); check the path")
-    lora = read_lora(args.adapter)
-    concept = args.concept or lora.info.get("concept")
-    if not concept:
-        raise CLIError("give --concept TEXT: the text the score is measured against (this adapter records none)")
+    kind = adapter_kind(args)
+    if args.scales is None:
+        args.scales = [1.0] if kind == "textual-inversion" else [-2.0, -1.0, 0.0, 1.0, 2.0]
+    source: Any = read_lora(args.adapter) if kind == "lora" else args.adapter
+    concept = args.concept or (source.info.get("concept") if kind == "lora" else None)
+    add_options = {k: v for k, v in {"trained_on": args.trained_on, "rank": args.rank}.items() if v is not None}
+    if args.rank:
+        add_options["as_lora"] = True
     options: dict[str, Any] = {}
     if args.clip_model:
         model, _, pretrained = args.clip_model.partition(":")
@@ -160,6 +205,8 @@ def run_control_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"{error} Or pass --scorer MODULE:ATTR.") from None
     except (ImportError, AttributeError) as error:
         raise CLIError(f"--scorer {args.scorer!r}: {error}") from None
+    if not concept and scorer.needs_text:
+        raise CLIError("give --concept TEXT: the text the score is measured against (this adapter records none)")
 
     pipe, _ = load_pair(args)
     pipe.set_progress_bar_config(disable=True)
@@ -172,11 +219,14 @@ def run_control_eval(args: argparse.Namespace) -> int:
         "height": args.height,
         "width": args.width,
     }
-    result = evaluate_control(
-        pipe, lora, args.scales, prompts, args.seeds, scorer, concept=concept, models=models, start=args.start,
-        call_kwargs={k: v for k, v in call_kwargs.items() if v is not None}, strict=not args.partial,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    try:
+        result = evaluate_control(
+            pipe, source, args.scales, prompts, args.seeds, scorer, concept=concept, models=models, start=args.start,
+            call_kwargs={k: v for k, v in call_kwargs.items() if v is not None}, strict=not args.partial,
+            progress=not args.no_progress, kind=kind, add_options=add_options,
+        )  # fmt: skip
+    except ValueError as error:  # a refusal of the adapter on this pair (kind, scales, token, architecture)
+        raise CLIError(str(error)) from None
     files = write_control_report(result, args.out, save_images=not args.no_images)
     change = result.table("change")
     header = ["model", *[f"{s:+g}" if s else "0" for s in result.scales]]

@@ -4,11 +4,18 @@ The paper's metric (Gandikota & Bau, 2025, control distillation): the percentage
 between the unedited image (scale 0: the adapter off, bit for bit) and the edited one, with respect to the concept
 text, averaged over prompts and seeds; every model starts from the same x_T for a given seed.
 
+Every adapter kind of `AdaptedPipeline.add` is measured the same way (`kind`, detected by default): LoRAs and
+sliders, full fine-tune deltas and Custom Diffusion concepts (weight patches at each scale, or `add_options`
+{"as_lora": True, "rank": r} for their SVD LoRA), and textual inversions. A textual inversion has no scale: its
+scale 1 is the prompt as given, which must name its token, and scale 0 the same prompt without the token (the
+embedding stays loaded: other prompts encode as if it were not).
+
 A scorer maps images [N, 3, H, W] in [0, 1] and N texts to N scores. `get_scorer("clip")` is the CLIP score
 (100 * max(cos, 0)) of the metric backends (`divdistill.metrics.embedders`, open_clip, loaded lazily); any
 registered embedder with a text encoder works the same way, and any callable `fn(images, texts) -> [N]` can be
-passed instead (e.g. the pocket pair's attribute reader). A scorer with `relative = False` reports the absolute
-change (score - score at scale 0) instead of a percentage, for attributes that can be zero or negative.
+passed instead (e.g. the pocket pair's attribute read-outs, `divdistill.pocket.scorers:size`). A scorer with
+`relative = False` reports the absolute change (score - score at scale 0) instead of a percentage, for attributes
+that can be zero or negative; one with `needs_text = False` reads the image alone (no concept text needed).
 
 Outputs (`write_control_report`): control.csv (one row per model and scale), control.json (the same plus every
 image's score and the settings), control.md (tables: % change, transfer relative to the base), grids/ (one image
@@ -39,6 +46,7 @@ class Scorer:
     name = "scorer"
     label = "score"
     relative = True
+    needs_text = True  # False: the score reads the image only (an attribute), so no concept text is needed
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError
@@ -51,6 +59,7 @@ class FunctionScorer(Scorer):
         self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", "custom")
         self.label = label or getattr(fn, "label", None) or self.name
         self.relative = getattr(fn, "relative", True) if relative is None else relative
+        self.needs_text = getattr(fn, "needs_text", True)
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         scores = self.fn(images, list(texts))
@@ -110,6 +119,7 @@ class ControlResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     images: dict[tuple[str, float, int, int], Any] = field(default_factory=dict, repr=False)
     settings: dict[str, Any] = field(default_factory=dict)
+    kind: str = "lora"
 
     @property
     def change_label(self) -> str:
@@ -159,6 +169,26 @@ def _std(values: Sequence[float]) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- running
+def without_token(prompt: str, token: str) -> str:
+    """`prompt` with every whole-word occurrence of an embedding's `token` removed (spaces collapsed)."""
+    return " ".join(word for word in prompt.split() if word.strip(",.;:!?") != token)
+
+
+def _applied_adapter(adapted: AdaptedPipeline, adapter: Any, kind: str, start: float | None,
+                     add_options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """(the adapter added on both models at scale 0, or a textual inversion's tokens loaded; its recorded info)."""
+    from divdistill.control.formats import read_lora
+
+    if kind == "lora":
+        lora = read_lora(adapter)
+        return adapted.add(lora, scale=0.0, on="both", start=start), dict(lora.info)
+    if kind == "textual-inversion":
+        if start is not None or add_options:
+            raise ValueError("a textual inversion is a token in the prompt: it takes no start, rank or trained_on")
+        return adapted.add(adapter, kind=kind), {}
+    return adapted.add(adapter, scale=0.0, on="both", start=start, kind=kind, **add_options), {}
+
+
 def evaluate_control(
     pipe: Any,
     adapter: str | Path | Any,
@@ -172,45 +202,66 @@ def evaluate_control(
     call_kwargs: dict[str, Any] | None = None,
     strict: bool = True,
     progress: bool = True,
+    kind: str = "auto",
+    add_options: dict[str, Any] | None = None,
 ) -> ControlResult:
-    """Generate every (model, scale, prompt, seed) image with the adapter on both UNets, and score it.
+    """Generate every (model, scale, prompt, seed) image with the adapter on both networks, and score it.
 
-    Scale 0 is always run (it is the reference); `concept` defaults to the concept a divdistill slider records.
-    `call_kwargs` go to every pipeline call (steps, guidance, size; `mode` is set per model).
+    Scale 0 is always run (it is the reference); `concept` defaults to the concept a divdistill slider records
+    (and to the scorer's label for a scorer that reads no text). `kind` is `AdaptedPipeline.add`'s ("auto":
+    detected); `add_options` go to `add` for deltas and Custom Diffusion (`trained_on`, `as_lora`, `rank`,
+    `energy`). A textual inversion takes scales 0 and 1 only (see the module doc). `call_kwargs` go to every
+    pipeline call (steps, guidance, size; `mode` is set per model).
     """
     from tqdm.auto import tqdm
 
     from divdistill.adapter_spec import check_adapter_scale
-    from divdistill.control.formats import read_lora
+    from divdistill.control.kinds import check_kind, detect_kind
 
     scorer = get_scorer(scorer)
     unknown = [m for m in models if m not in MODEL_MODES]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODEL_MODES)}.")
     scales = sorted({check_adapter_scale(s, "scales") for s in scales} | {0.0})  # before anything runs
-    lora = read_lora(adapter)
-    concept = concept or lora.info.get("concept")
-    if not concept:
-        raise ValueError("give the concept text the score is measured against (this adapter does not record one).")
+    kind = check_kind(kind)
+    kind = detect_kind(adapter) if kind == "auto" else kind
+    if kind == "textual-inversion" and set(scales) != {0.0, 1.0}:
+        raise ValueError(f"a textual inversion has no scale: give scales 0 and 1 (the prompts without and with its "
+                         f"token), not {', '.join(f'{s:g}' for s in scales)}")  # fmt: skip
+    if not concept and not scorer.needs_text:
+        concept = scorer.label
     adapted = pipe if isinstance(pipe, AdaptedPipeline) else AdaptedPipeline(pipe, strict=strict)
-    applied = adapted.add(lora, scale=0.0, on="both", start=start)
-    result = ControlResult(adapter=lora.describe(), concept=concept, scorer=scorer.label, relative=scorer.relative,
-                           models=list(models), scales=scales, prompts=list(prompts), seeds=list(seeds))  # fmt: skip
-    result.settings = {
-        "adapter": applied.describe(),
-        "call_kwargs": {k: v for k, v in (call_kwargs or {}).items() if k != "generator"},
-        "start": start,
-    }
-    device = adapted.device
+    applied, info = _applied_adapter(adapted, adapter, kind, start, dict(add_options or {}))
     try:
+        concept = concept or info.get("concept")
+        if not concept:
+            raise ValueError("give the concept text the score is measured against (this adapter records none).")
+        token = applied.tokens[0] if kind == "textual-inversion" else None
+        missing = [p for p in prompts if token is not None and without_token(p, token) == " ".join(p.split())]
+        if missing:
+            raise ValueError(f"the prompts must name the embedding's token {token} (scale 0 runs them without it); "
+                             f"{missing[0]!r} does not")  # fmt: skip
+        result = ControlResult(adapter=applied.source, concept=concept, scorer=scorer.label,
+                               relative=scorer.relative, models=list(models), scales=scales, prompts=list(prompts),
+                               seeds=list(seeds), kind=kind)  # fmt: skip
+        result.settings = {
+            "adapter": applied.describe(),
+            "kind": kind,
+            "add_options": dict(add_options or {}),
+            "call_kwargs": {k: v for k, v in (call_kwargs or {}).items() if k != "generator"},
+            "start": start,
+        }
+        device = adapted.device
         with tqdm(total=len(scales) * len(models) * len(prompts), desc="control eval", disable=not progress) as bar:
             for scale in scales:
-                adapted.set_scale(applied.name, scale)
+                if token is None:
+                    adapted.set_scale(applied.name, scale)
                 for model in models:
                     for index, prompt in enumerate(prompts):
+                        text = without_token(prompt, token) if token is not None and scale == 0 else prompt
                         generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
                         output = adapted(
-                            [prompt] * len(seeds),
+                            [text] * len(seeds),
                             generator=generators,
                             output_type="pt",
                             **{**(call_kwargs or {}), "mode": MODEL_MODES[model]},
@@ -245,9 +296,10 @@ def render_markdown(result: ControlResult) -> str:
     lines = [
         f"# Control transfer: {Path(result.adapter).name}",
         "",
-        f'Concept: "{result.concept}"; scorer: {result.scorer}; {len(result.prompts)} prompt(s) x '
-        f"{len(result.seeds)} seed(s) per model and scale. The adapter is on both UNets; scale 0 is the unedited "
-        "image, every model starts from the same noise for a seed.",
+        f'Kind: {result.kind}; concept: "{result.concept}"; scorer: {result.scorer}; {len(result.prompts)} prompt(s) '
+        f"x {len(result.seeds)} seed(s) per model and scale. The adapter is on both networks; scale 0 is the "
+        "unedited image (a textual inversion's: the prompt without its token), every model starts from the same "
+        "noise for a seed.",
         "",
         f"## Score {result.change_label} from scale 0 (mean over prompts and seeds)",
         "",
@@ -318,6 +370,7 @@ def write_control_report(result: ControlResult, out: str | Path, save_images: bo
     write_json_atomic(
         {
             "adapter": result.adapter,
+            "kind": result.kind,
             "concept": result.concept,
             "scorer": result.scorer,
             "metric": f"score {result.change_label} from scale 0",
