@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from divdistill.pocket.finetune import FinetuneConfig, FinetuneTrainer, instance_set, unnamed_size
-from divdistill.pocket.transfer import TransferConfig, size_transfer
+from divdistill.pocket.transfer import TransferConfig, finetune_folder, size_transfer
 from divdistill.pocket.weights import has_weights
 
 pytestmark = pytest.mark.skipif(not has_weights("base", "distilled", "evaluator"), reason="no shipped pocket weights")
@@ -56,3 +56,4 @@ def test_the_delta_transfers_and_broken_deltas_do_not_pass(tmp_path: Path) -> No
     report = json.loads((tmp_path / "transfer.json").read_text())
     assert report["passes"] and {row["condition"] for row in report["summary"]} == set(conditions)
     assert (tmp_path / "grid.png").is_file() and "ratio to base" in (tmp_path / "transfer.md").read_text()
+    assert (finetune_folder(tmp_path, REDUCED) / "unet" / "config.json").is_file()  # control eval --kind delta's

@@ -231,7 +231,7 @@ def run_control_eval(args: argparse.Namespace) -> int:
     change = result.table("change")
     header = ["model", *[f"{s:+g}" if s else "0" for s in result.scales]]
     rows = [header] + [[m, *[f"{change[m][s]:.2f}" for s in result.scales]] for m in result.models]
-    print(f"score {result.change_label} from scale 0 ({result.scorer}, concept {concept!r}):")
+    print(f"score {result.change_label} from scale 0 ({result.scorer}, concept {result.concept!r}):")
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

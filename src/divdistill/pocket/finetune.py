@@ -144,9 +144,12 @@ class FinetuneTrainer:
 
 def finetune_base(out: str | Path, config: FinetuneConfig | None = None, base: str | Path | None = None,
                   device: str | None = "cpu", resume: bool = True, quiet: bool = True) -> torch.nn.Module:  # fmt: skip
-    """The size fine-tune of `base` (default: the shipped pocket base), trained into `out` (resumed if there)."""
+    """The size fine-tune of `base` (default: the shipped pocket base), trained into `out` (resumed if there); the
+    UNet is also written as a diffusers folder, `out/unet`, which `control eval --kind delta --adapter` takes."""
     unet = FinetuneTrainer(out, base, config, device).run(resume=resume, quiet=quiet)
     assert unet is not None
+    if not (Path(out) / "unet" / "config.json").is_file():
+        unet.save_pretrained(str(Path(out) / "unet"))
     return unet
 
 
