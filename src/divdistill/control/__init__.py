@@ -7,14 +7,15 @@
     images = adapted("a photo of a person").images
 
 Modules: `formats` (read, resolve and write LoRA files), `apply` (adapters on a hybrid pair), `kinds` (deltas,
-Custom Diffusion and textual inversion next to LoRAs: `delta`, `svd`, `patch`, `custom_diffusion`), `train`
-(`divdistill slider train`), `evaluate` (`divdistill control eval`).
+Custom Diffusion and textual inversion next to LoRAs: `delta`, `svd`, `patch`, `custom_diffusion`,
+`embeddings`), `train` (`divdistill slider train`), `evaluate` (`divdistill control eval`).
 """
 
 from divdistill.adapter_spec import parse_lora_arg
 from divdistill.control.apply import AdaptedPipeline, AppliedAdapter, apply_adapters
 from divdistill.control.custom_diffusion import CustomDiffusionFile, read_custom_diffusion
 from divdistill.control.delta import DeltaMismatchError, ParameterDelta, delta_from_finetune
+from divdistill.control.embeddings import EmbeddingError, load_embeddings, read_embedding, unload_embeddings
 from divdistill.control.formats import (
     FORMATS,
     AdapterFormatError,
@@ -39,6 +40,7 @@ __all__ = [
     "AppliedAdapter",
     "CustomDiffusionFile",
     "DeltaMismatchError",
+    "EmbeddingError",
     "LoraFile",
     "LoraLayer",
     "MatchReport",
@@ -48,9 +50,12 @@ __all__ = [
     "delta_to_lora",
     "detect_format",
     "detect_kind",
+    "load_embeddings",
     "parse_lora_arg",
     "read_custom_diffusion",
+    "read_embedding",
     "read_lora",
     "resolve",
     "save_lora",
+    "unload_embeddings",
 ]
