@@ -4,7 +4,6 @@ in energy; diffusers' `load_lora_weights` reads the file), and the refusals."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from delta_fixtures import layer_finetune
 from divdistill import HybridPipeline, SamplingDefaults
 from divdistill.control import AdaptedPipeline, DeltaMismatchError, delta_from_finetune, delta_to_lora, save_lora
 from divdistill.control.formats import resolve
@@ -45,19 +45,6 @@ def equal(network: torch.nn.Module, expected: dict[str, torch.Tensor]) -> bool:
 
 def run(pipe, mode: str = "hybrid") -> np.ndarray:
     return pipe(PROMPT, generator=torch.Generator().manual_seed(3), output_type="np", mode=mode).images
-
-
-def layer_finetune(unet: torch.nn.Module, seed: int, scale: float = 0.05, only: str = "") -> torch.nn.Module:
-    """A fine-tune that changed only Linear / Conv2d weights (what a LoRA can hold), by `scale` of their size
-    (`only`: the modules whose path contains it)."""
-    tuned = copy.deepcopy(unet)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for path, module in tuned.named_modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and only in f"{path}.":
-                size = module.weight.abs().mean()
-                module.weight += scale * size * torch.randn(module.weight.shape, generator=generator)
-    return tuned
 
 
 def test_scale_one_is_the_finetune_on_the_base_exactly_and_scale_zero_or_removal_is_no_adapter(pipe) -> None:

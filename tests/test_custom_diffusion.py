@@ -5,7 +5,6 @@ bit for bit, the modifier token in the shared text encoder, reverse transfer, an
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
 from safetensors.torch import save_file
 
+from delta_fixtures import trained
 from divdistill import HybridPipeline, SamplingDefaults
 from divdistill.control import AdaptedPipeline, DeltaMismatchError, detect_kind, read_custom_diffusion
 from divdistill.control.parameters import network_parameters
@@ -31,41 +31,6 @@ def pipe() -> HybridPipeline:
     pipe = HybridPipeline(base, distilled, defaults=SamplingDefaults(num_inference_steps=2, height=32, width=32))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def trained(unet: torch.nn.Module, seed: int, train_q_out: bool = False) -> torch.nn.Module:
-    """A copy of `unet` with Custom Diffusion processors as `train_custom_diffusion.py` sets them up (cross-attention
-    K/V, with `--freeze_model crossattn` also Q/out, initialised from the layer's own weights), moved as training
-    would move them; self-attention processors train nothing."""
-    tuned = copy.deepcopy(unet)
-    generator = torch.Generator().manual_seed(seed)
-    processors = {}
-    for name in tuned.attn_processors:
-        if not name.endswith("attn2.processor"):
-            processors[name] = CustomDiffusionAttnProcessor(train_kv=False, train_q_out=False)
-            continue
-        attn = tuned.get_submodule(name.removesuffix(".processor"))
-        processor = CustomDiffusionAttnProcessor(
-            train_kv=True,
-            train_q_out=train_q_out,
-            hidden_size=attn.to_k.out_features,
-            cross_attention_dim=attn.to_k.in_features,
-        )
-        own = {"to_k_custom_diffusion.weight": attn.to_k.weight, "to_v_custom_diffusion.weight": attn.to_v.weight}
-        if train_q_out:
-            own |= {
-                "to_q_custom_diffusion.weight": attn.to_q.weight,
-                "to_out_custom_diffusion.0.weight": attn.to_out[0].weight,
-                "to_out_custom_diffusion.0.bias": attn.to_out[0].bias,
-            }
-        moved = {
-            k: v.detach() + 0.3 * v.detach().abs().mean() * torch.randn(v.shape, generator=generator)
-            for k, v in own.items()
-        }
-        processor.load_state_dict(moved)
-        processors[name] = processor
-    tuned.set_attn_processor(processors)
-    return tuned
 
 
 def write_concept(folder: Path, unet: torch.nn.Module, seed: int, safe: bool = False, **kwargs) -> Path:

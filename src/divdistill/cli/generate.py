@@ -6,6 +6,7 @@ Examples
     divdistill generate --preset sdxl-dmd2 --prompt "cartoon character" -n 8 --variant hybrid:1@cfg2 --out DIR
     divdistill generate --base REPO --distilled REPO --distilled-unet FILE --scheduler lcm --prompt ... --out DIR
     divdistill generate --preset sdxl-dmd2 --prompt "a person" --lora age_slider.pt:-2 --lora-start 700 --out DIR
+    divdistill generate --preset sdxl-dmd2 --prompt "a sks dog" --lora delta:dreambooth-dog/:0.8 --out DIR
     accelerate launch --num_processes 8 -m divdistill.cli.main generate --preset sdxl-dmd2 \\
         --prompts coco_30k.csv --batch-size 4 --out DIR        (on a CPU-only machine add --multi_gpu, see below)
 
@@ -60,8 +61,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from divdistill.adapter_spec import parse_lora_arg
 from divdistill.cli import CLIError
+from divdistill.cli.adapters import (
+    adapter_specs,
+    add_adapter_arguments,
+    apply_cli_adapters,
+    check_adapter_arguments,
+    delta_options,
+)
 from divdistill.cli.common import (
     add_command,
     add_device_arguments,
@@ -143,11 +150,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sampling.add_argument("--skip-first-steps", type=non_negative_int, help="start at the k-th timestep (default 0)")
     add_sampling_arguments(sampling)
 
-    adapters = parser.add_argument_group("adapters: LoRA / Concept Slider files (see divdistill.control)")
-    adapters.add_argument("--lora", action="append", type=parse_lora_arg, metavar="FILE[:SCALE]",
-                          help="apply an adapter at SCALE (default 1, may be negative); repeatable")  # fmt: skip
-    adapters.add_argument("--lora-on", choices=("base", "distilled", "both"), help="models the adapters go on (both)")
-    adapters.add_argument("--lora-start", type=float, metavar="T", help="adapters off while the timestep is above T")
+    add_adapter_arguments(parser)
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -196,16 +199,7 @@ def check_args(args: argparse.Namespace) -> None:
             check_seed_range(args.seed, args.num_images, f"--seed {args.seed} with -n {args.num_images}")
         except JobError as error:
             raise CLIError(str(error)) from None
-    if not args.lora and (args.lora_on is not None or args.lora_start is not None):
-        raise CLIError("--lora-on and --lora-start go with --lora FILE[:SCALE]")
-    for path, _ in args.lora or []:
-        if not Path(path).exists():
-            raise CLIError(f"no adapter file ({path}, --lora); check the path, and write FILE[:SCALE]")
-    if args.lora:  # a file that does not read fails now, not after the model has loaded
-        from divdistill.control.formats import check_adapter_file
-
-        for path, _ in args.lora:
-            check_adapter_file(path)
+    args.lora_kinds = check_adapter_arguments(args)  # each --lora's kind, read from its file when not given
 
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
@@ -228,8 +222,9 @@ def settings_of(args: argparse.Namespace, dtype_name: str) -> GenerationSettings
     if args.lora:
         from divdistill.control.apply import file_digest
 
-        files = tuple(AdapterFile(path, file_digest(path), scale) for path, scale in args.lora)
-        adapters = AdapterSettings(files, on=args.lora_on or "both", start=args.lora_start)
+        files = tuple(AdapterFile(a.path, file_digest(a.path), a.scale, a.kind) for a in args.lora)
+        adapters = AdapterSettings(files, on=args.lora_on or "both", start=args.lora_start,
+                                   delta=tuple(delta_options(args).items()))  # fmt: skip
     return GenerationSettings(
         model=model_settings(args),
         dtype=dtype_name,
@@ -277,11 +272,8 @@ def load_with_adapters(args: argparse.Namespace, device: Any, dtype: Any) -> Any
     pipe = args.load_pipeline(args, device, dtype)
     if not args.lora:
         return pipe
-    from divdistill.control.apply import apply_adapters
-
-    specs = [{"source": path, "scale": scale, "on": args.lora_on or "both", "start": args.lora_start}
-             for path, scale in args.lora]  # fmt: skip
-    return apply_adapters(pipe, specs)
+    kinds = getattr(args, "lora_kinds", None) or check_adapter_arguments(args)
+    return apply_cli_adapters(pipe, adapter_specs(args, kinds))
 
 
 def print_result(result: JobsResult, args: argparse.Namespace) -> None:

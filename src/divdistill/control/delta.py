@@ -155,18 +155,22 @@ def delta_from_finetune(
     cache_dir: str | None = None,
     base_config: str | None = None,
     target: str | None = None,
+    network: str | None = None,
 ) -> ParameterDelta:
     """`finetuned - reference` per parameter (see the module doc for the sources `finetuned` may be).
 
     `reference` is the network the fine-tune was made from: the base (or, for reverse transfer, the distilled)
     network. DeltaMismatchError (listing names and shapes) when the architectures differ. `base_config`: the repo
-    or folder whose configs a single-file checkpoint takes (default: the one diffusers picks for its keys).
+    or folder whose configs a single-file checkpoint takes (default: the one diffusers picks for its keys);
+    `network` the pipeline component the fine-tune's network is ("unet" or "transformer"; default: from the
+    reference's class).
     """
     from divdistill.control.finetuned import finetuned_state
 
     ref = network_parameters(reference) if isinstance(reference, torch.nn.Module) else dict(reference)
-    component = getattr(getattr(reference, "config", None), "_class_name", None)
-    network = "transformer" if component and "Transformer" in component else "unet"
+    if network is None:
+        component = getattr(getattr(reference, "config", None), "_class_name", None)
+        network = "transformer" if component and "Transformer" in component else "unet"
     state, source = finetuned_state(finetuned, ref, network, cache_dir=cache_dir, base_config=base_config)
     if target is None:
         target = f"reference {type(reference).__name__}" if isinstance(reference, torch.nn.Module) else "reference"

@@ -100,3 +100,26 @@ def finetuned_state(
     if text.count("/") == 1 and not text.startswith((".", "/")) and not path.suffix:
         return _module_state(_from_repo(text, network, cache_dir)), text
     raise FileNotFoundError(f"no fine-tuned model at {source}; give {_FORMS}")
+
+
+def network_component(source: Any, cache_dir: str | None = None) -> str:
+    """ "unet" or "transformer": which network a pipeline folder, model folder or repo id holds (default "unet")."""
+    if isinstance(source, torch.nn.Module):
+        return "transformer" if "Transformer" in type(source).__name__ else "unet"
+    path = Path(str(source))
+    if path.is_dir():
+        if (path / "transformer" / "config.json").is_file() and not (path / "unet").is_dir():
+            return "transformer"
+        if (path / "config.json").is_file() and "Transformer" in str(_model_class(path / "config.json").__name__):
+            return "transformer"
+        return "unet"
+    if not path.exists() and str(source).count("/") == 1:
+        from divdistill.loading.hub import exists
+
+        return (
+            "transformer"
+            if not exists(str(source), "unet/config.json", cache_dir)
+            and exists(str(source), "transformer/config.json", cache_dir)
+            else "unet"
+        )
+    return "unet"

@@ -295,14 +295,28 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str,
     return path
 
 
+def lora_layers(lora: LoraFile) -> dict[str, LoraLayer]:
+    """The layers of a PEFT / diffusers-keyed `LoraFile` by module path, read without a network (`save_lora` of
+    an SVD-compressed delta, `divdistill.control.svd`)."""
+    if lora.format not in ("diffusers", "peft"):
+        raise ValueError(f"{lora.describe()}: a {lora.format} file; resolve it against a network first (resolve)")
+    state, _ = split_text_encoder(lora)
+    report = MatchReport(target="file", format=lora.format)
+    return {
+        c.path: LoraLayer(c.path, c.down, c.up, float(c.down.shape[0]) if c.alpha is None else c.alpha, c.keys)
+        for c in peft_candidates(state, lora.config, report)
+        if c.path is not None
+    }
+
+
 def save_lora(
-    layers: dict[str, LoraLayer],
+    layers: dict[str, LoraLayer] | LoraFile,
     path: str | Path,
     format: str = "diffusers",
     info: dict[str, Any] | None = None,
     network: str = "unet",
 ) -> Path:
-    """Write `layers` in one of the formats `read_lora` reads (atomically).
+    """Write `layers` (or a diffusers / PEFT `LoraFile`) in one of the formats `read_lora` reads (atomically).
 
     diffusers: safetensors with `<network>.`-prefixed PEFT keys and the LoRA config in the header, exactly what
     `pipe.save_lora_weights` writes (so `pipe.load_lora_weights(path)` loads it; `network` is the pipeline's
@@ -311,6 +325,7 @@ def save_lora(
     folder with adapter_model.safetensors and adapter_config.json.
     """
     path = Path(path)
+    layers = lora_layers(layers) if isinstance(layers, LoraFile) else layers
     if network not in ("unet", "transformer"):
         raise ValueError(f"network must be 'unet' or 'transformer', got {network!r}")
     if format == "diffusers":
@@ -347,6 +362,7 @@ __all__ = [
     "describe_module",
     "detect_format",
     "fit_shapes",
+    "lora_layers",
     "lora_targets",
     "peft_config",
     "peft_state_dict",

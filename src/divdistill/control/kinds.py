@@ -29,13 +29,14 @@ from typing import Any
 
 import torch
 
+from divdistill.adapter_spec import ADAPTER_KINDS
 from divdistill.control.custom_diffusion import WEIGHT_NAMES, CustomDiffusionFile, is_custom_diffusion
 from divdistill.control.delta import ParameterDelta, check_fits, difference
 from divdistill.control.lora import AdapterFormatError, LoraFile
 from divdistill.control.record import MODELS, AppliedAdapter, models_for
 from divdistill.pipeline.student import shares_network
 
-KINDS = ("lora", "delta", "custom-diffusion", "textual-inversion")
+KINDS = ADAPTER_KINDS
 #: Above this ratio of the fine-tune's distances to the two models, `trained_on=None` refuses to guess.
 AMBIGUOUS = 0.8
 _TI_KEYS = ("string_to_param", "emb_params", "clip_l", "clip_g")
@@ -57,18 +58,22 @@ def check_kind(kind: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- detection
 def _file_keys(path: Path) -> dict[str, Any]:
+    """A weights file's keys (a torch file's tensors too), or AdapterFormatError saying in one line why not."""
+    from divdistill.control.formats import _file_problem, _safetensors_header
+
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                return dict.fromkeys(handle.keys())
-        except Exception as error:  # SafetensorError, OSError
-            raise AdapterFormatError(f"not a valid safetensors file ({path}): {error}") from None
+        _safetensors_header(path)  # a header that does not parse: refused with its reason (empty, LFS pointer, ...)
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict.fromkeys(handle.keys())
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise AdapterFormatError(f"{path}: not a safetensors file nor a plain torch state dict ({error})") from None
+    except Exception as error:  # a pickle with code in it, or not a torch file
+        raise AdapterFormatError(
+            f"not a safetensors file nor a plain torch state dict ({path}): {_file_problem(path, error)}; give a "
+            f"LoRA, fine-tune, Custom Diffusion or embedding file ({', '.join(KINDS)})"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     return data if isinstance(data, dict) else {}
@@ -131,6 +136,32 @@ def detect_kind(source: Any) -> str:
     if path.name.startswith("learned_embeds.") or re.fullmatch(r"<[^/]+>\.(bin|safetensors)", path.name):
         return "textual-inversion"
     return kind_of_keys(_file_keys(path), str(path))
+
+
+def check_source(source: str | Path, kind: str = "auto") -> str:
+    """Cheaply check that an adapter file or folder reads as `kind` (auto: detected), before a model is loaded;
+    returns its kind. FileNotFoundError, AdapterFormatError or ValueError (the embedding loader's) otherwise."""
+    kind = check_kind(kind)
+    path = Path(source)
+    found = detect_kind(path) if kind == "auto" else kind
+    if found == "lora":
+        from divdistill.control.formats import check_adapter_file
+
+        check_adapter_file(path)
+    elif found == "custom-diffusion":
+        from divdistill.control.custom_diffusion import read_custom_diffusion
+
+        read_custom_diffusion(path)
+    elif found == "textual-inversion":
+        from divdistill.control.embeddings import read_embedding
+
+        read_embedding(path)
+    elif path.is_dir() and not any((path / name).is_file() for name in _MODEL_FILES):
+        raise AdapterFormatError(f"{path}: not a diffusers pipeline or model folder (no model_index.json or "
+                                 "config.json); a delta is a fine-tuned model")  # fmt: skip
+    elif not path.exists():
+        raise FileNotFoundError(f"no adapter file ({path}); check the path")
+    return found
 
 
 # ----------------------------------------------------------------------------------------------- deltas

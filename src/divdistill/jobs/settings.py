@@ -107,11 +107,19 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class AdapterFile:
-    """One adapter file applied at `scale`, with its content digest (a changed file is other settings)."""
+    """One adapter file applied at `scale`, with its content digest (a changed file is other settings) and the
+    kind it was given as (`divdistill.adapter_spec.ADAPTER_KINDS`; "auto": detected, recorded as before)."""
 
     file: str
     sha256: str
     scale: float = 1.0
+    kind: str = "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.kind == "auto":
+            del data["kind"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -122,9 +130,12 @@ class AdapterSettings:
     files: tuple[AdapterFile, ...]
     on: str = "both"
     start: float | None = None
+    #: The delta options given (`divdistill.cli.adapters`: as_lora, rank, energy, trained_on), as (name, value).
+    delta: tuple[tuple[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": [asdict(f) for f in self.files], "on": self.on, "start": self.start}
+        data = {"files": [f.to_json() for f in self.files], "on": self.on, "start": self.start}
+        return data | ({"delta": dict(self.delta)} if self.delta else {})
 
 
 @dataclass(frozen=True)
