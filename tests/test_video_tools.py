@@ -15,7 +15,7 @@ import torch
 import tiny_cli
 from divdistill import HybridPipeline, videos
 from divdistill.cli.main import main
-from divdistill.evaluation import Evaluator, evaluate_variants
+from divdistill.evaluation import Evaluator, evaluate_variants, write_reports
 from divdistill.jobs import GenerationSettings, Job, ModelSettings, SamplingSettings
 from divdistill.metrics.distance import PixelDistance
 from divdistill.metrics.video import ClipDistance
@@ -138,3 +138,6 @@ def test_eval_scores_clips_with_diversity_motion_and_speed(tmp_path: Path, pipe)
     assert values[("distilled", "motion-motion")] == pytest.approx(by_hand, abs=1e-9)
     assert result.speed["distilled"]["nfe_per_image"] == 4 and result.speed["hybrid:1"]["nfe_per_image"] == 5
     assert result.speed["distilled"]["seconds_per_image"] > 0
+    written = write_reports(result, tmp_path / "report")  # the HTML's sample grids show each clip's middle frame
+    assert (tmp_path / "report" / "index.html").is_file() and written
+    assert "motion (mean frame-difference energy)" in (tmp_path / "report" / "metrics.md").read_text()

@@ -169,8 +169,11 @@ def write_json(result: EvalResult, path: Path, extra: dict[str, Any] | None = No
 
 # ----------------------------------------------------------------------------------------------- grids + html
 def write_grids(result: EvalResult, folder: Path, max_prompts: int = 12) -> dict[tuple[str, str], Path]:
-    """A small contact sheet per (set, prompt) for the first `max_prompts` prompts."""
+    """A small contact sheet per (set, prompt) for the first `max_prompts` prompts (a clip shows its middle frame)."""
     from PIL import Image
+
+    from divdistill.metrics.video import is_clip_file
+    from divdistill.videos import read_clip
 
     grids = {}
     wanted = [group_id for group_id, _ in result.prompts()[:max_prompts]]
@@ -182,10 +185,14 @@ def write_grids(result: EvalResult, folder: Path, max_prompts: int = 12) -> dict
                 continue
             images = []
             for rel in group.files[:GRID_IMAGES]:
-                with Image.open(s.root / rel) as image:
-                    image = image.convert("RGB")
-                    image.thumbnail((GRID_THUMB, GRID_THUMB))
-                    images.append(image)
+                if is_clip_file(rel):  # a video pair's clip: its middle frame
+                    frames = read_clip(s.root / rel).frames
+                    image = Image.fromarray(frames[len(frames) // 2])
+                else:
+                    with Image.open(s.root / rel) as opened:
+                        image = opened.convert("RGB")
+                image.thumbnail((GRID_THUMB, GRID_THUMB))
+                images.append(image)
             sheet = contact_sheet(images, columns=4)
             path = folder / safe_id(s.name) / f"{safe_id(group_id)}.png"
             save_image_atomic(sheet, path)

@@ -36,7 +36,7 @@ METRICS: dict[str, MetricInfo] = {
     "density": MetricInfo("reference", ("inception",), "higher", "density"),
     "coverage": MetricInfo("reference", ("inception",), "higher", "coverage"),
     # video clips only: per prompt, the mean over its clips of their frame-difference energy (metrics.video)
-    "motion": MetricInfo("prompt", ("motion",), "higher", "motion (mean frame-difference energy)"),
+    "motion": MetricInfo("prompt", ("motion",), "higher", "motion"),
 }
 DEFAULT_METRICS = ("diversity", "vendi")
 SPEED_METRICS = ("seconds_per_image", "nfe_per_image", "peak_memory_mb")
