@@ -254,3 +254,23 @@ def test_a_lora_student_pair_takes_patches_on_both_models_and_the_lora_route_per
         assert pipe.adapter_states.added == {"base": {}, "distilled": {lora.name: 1.0}}
     assert equal(network, before) and set(network.peft_config) == {STUDENT_ADAPTER}
     assert torch.equal(pipe("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images, reference)
+
+
+def test_a_single_file_checkpoint_finetune_gives_the_delta_of_its_unet(tmp_path: Path, monkeypatch) -> None:
+    """A fine-tune shared as one original-layout file (`model.diffusion_model.*`) goes through diffusers'
+    `from_single_file` (configs from the offline hub cache) and gives the same delta as its diffusers UNet."""
+    from huggingface_hub import constants as hub_constants
+
+    from divdistill.testing.single_file import write_sdxl_single_file, write_single_file_hub
+
+    cache = tmp_path / "hub"
+    components = write_single_file_hub(cache, seed=0)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    finetuned = perturbed_unet(components["unet"], seed=9, scale=0.05)
+    path = write_sdxl_single_file({**components, "unet": finetuned}, tmp_path / "finetune.safetensors")
+    assert detect_kind(path) == "delta"
+    delta = delta_from_finetune(path, components["unet"])
+    expected = delta_from_finetune(finetuned, components["unet"])
+    assert delta.source == str(path) and delta.delta.keys() == expected.delta.keys()
+    assert all(torch.equal(delta.delta[k], v) for k, v in expected.delta.items())
