@@ -12,18 +12,13 @@ import torch
 
 import tiny_cli
 from divdistill import HybridPipeline, SamplingDefaults
-from divdistill.cli.control import KINDS
+from divdistill.control import save_lora
 from divdistill.control.evaluate import evaluate_control, without_token
-from divdistill.control.kinds import KINDS as LIBRARY_KINDS
 from divdistill.pocket.scorers import AttributeScorer
 from divdistill.testing.tiny import perturbed_unet
 from lora_fixtures import brightness_scorer
 from pairs import sd_pair
 from tiny_cli import main
-
-
-def test_the_cli_spells_the_library_kinds() -> None:
-    assert ("auto", *LIBRARY_KINDS) == KINDS
 
 
 @pytest.mark.parametrize("rank", [None, 2])
@@ -34,11 +29,12 @@ def test_a_finetune_folder_is_measured_as_a_delta_and_the_pair_is_restored(tmp_p
     perturbed_unet(pipe.base.unet, seed=11, scale=0.3).save_pretrained(tmp_path / "finetune")  # a "DreamBooth"
     out = tmp_path / "eval"
     models = ("base", "distilled", "hybrid") if rank is None else ("distilled",)  # the SVD LoRA: one model, faster
-    argv = ["control", "eval", "--base", "tiny/base", "--distilled", "tiny/distilled", "--adapter",
-            str(tmp_path / "finetune"), "--scales", "1", "--prompt", "a dog", "--seeds", "0-1", "--concept", "dog",
+    adapter = str(tmp_path / "finetune") if rank else f"delta:{tmp_path / 'finetune'}"  # detected, or KIND:FILE
+    argv = ["control", "eval", "--base", "tiny/base", "--distilled", "tiny/distilled", "--adapter", adapter,
+            "--scales", "1", "--prompt", "a dog", "--seeds", "0-1", "--concept", "dog",
             "--trained-on", "base", "--base-num-inference-steps", "2", "--scorer", "lora_fixtures:brightness_scorer",
             "--models", ",".join(models), "--no-progress", "--no-images", "--out", str(out),
-            *(["--rank", str(rank)] if rank else [])]  # fmt: skip
+            *(["--delta-rank", str(rank)] if rank else [])]  # fmt: skip
     assert main(argv) == 0
     record = json.loads((out / "control.json").read_text())
     assert record["kind"] == "delta" and record["settings"]["add_options"] == (
@@ -97,3 +93,24 @@ def test_pocket_attribute_scorers_read_the_world_and_need_no_concept() -> None:
     result = evaluate_control(pipe, {"<t>": torch.zeros(32)}, [1], ["a <t>"], [0], "divdistill.pocket.scorers:size",
                               models=["distilled"], progress=False)  # fmt: skip
     assert result.concept == "pocket size read-out (px)" and not result.relative
+
+
+def test_adapter_argument_refusals(tmp_path: Path, built: list, capsys) -> None:
+    from lora_fixtures import random_layers
+
+    lora = save_lora(random_layers(tiny_cli.tiny_pipeline().base.unet, seed=1), tmp_path / "a.safetensors")
+    common = ["control", "eval", "--base", "tiny/base", "--distilled", "tiny/distilled", "--prompt", "a cat",
+              "--concept", "cat", "--out", str(tmp_path / "x")]  # fmt: skip
+    cases = {
+        (f"{lora}:0.5",): f"--adapter takes no scale ({lora}:0.5); give the scales with --scales",
+        (
+            str(lora),
+            "--delta-rank",
+            "4",
+        ): "--delta-rank go with a delta or Custom Diffusion adapter; --adapter is a lora",
+        (str(tmp_path / "none.pt"),): f"no adapter file ({tmp_path / 'none.pt'}, --adapter); check the path, and "
+        "write [KIND:]FILE",
+    }
+    for extra, message in cases.items():
+        assert main([*common, "--adapter", *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

@@ -7,15 +7,16 @@ Examples
         --prompt "a photo of a person" --seeds 0-7 --concept "an old person" --out DIR
     divdistill control eval --preset sdxl-dmd2 --adapter lego.safetensors --prompts prompts.csv --seeds 0-3 \\
         --concept "lego" --start 700 --scorer my_package.scores:attribute_scorer --out DIR
-    divdistill control eval --preset sdxl-dmd2 --adapter dreambooth-dog/ --kind delta --scales 0.5,1 \
-        --prompt "a photo of a dog" --concept "a photo of sks dog" --out DIR      # a full fine-tune of the base
-    divdistill control eval --preset pocket --adapter big.safetensors --kind textual-inversion --scales 1 \
+    divdistill control eval --preset sdxl-dmd2 --adapter delta:dreambooth-dog/ --scales 0.5,1 \\
+        --prompt "a photo of sks dog" --concept "a photo of a dog" --out DIR      # a full fine-tune of the base
+    divdistill control eval --preset pocket --adapter textual-inversion:big.safetensors \\
         --prompt "a <big> circle" --scorer divdistill.pocket.scorers:size --out DIR
 
---kind (default: detected) is `AdaptedPipeline.add`'s: lora, delta (a fine-tune folder, repo id or file; applied
-as a weight patch, or with --rank R as its SVD LoRA of rank R; --trained-on says which model it was fine-tuned
-from, detected otherwise), custom-diffusion, textual-inversion (no scale: scale 1 is the prompt as given, which
-must name the token, scale 0 the prompt without it).
+--adapter is `[KIND:]FILE`, the adapter grammar of `generate --lora` without its scale (the scales are --scales):
+KIND is lora, delta (a fine-tune's folder or file: a weight patch at each scale, or with --delta-rank N /
+--delta-energy E its SVD LoRA; --trained-on names the model it was fine-tuned from, detected otherwise),
+custom-diffusion or textual-inversion, detected when left out. A textual inversion has no scale: scale 1 is the
+prompt as given, which must name its token, scale 0 the prompt without it (its default --scales is 1).
 
 Every model (base on its own schedule, distilled, hybrid) runs each prompt and seed at each scale, with the
 adapter on both UNets (scale 0, always run, is the unedited reference: the adapter off, bit for bit). The score
@@ -38,8 +39,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from divdistill.adapter_spec import ADAPTER_KINDS, parse_adapter_arg
 from divdistill.cli import CLIError
 from divdistill.cli import delta as delta_cli
+from divdistill.cli.adapters import energy_arg, rank_arg
 from divdistill.cli.common import (
     add_command,
     add_command_group,
@@ -54,8 +57,6 @@ from divdistill.cli.common import (
 )
 
 MODELS = ("base", "distilled", "hybrid")
-#: `divdistill.control.kinds.KINDS` and "auto", spelled here so `--help` imports no torch (a test keeps them equal).
-KINDS = ("auto", "lora", "delta", "custom-diffusion", "textual-inversion")
 
 
 def _scales(text: str) -> list[float]:
@@ -103,14 +104,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     # (argparse only recognises single negative numbers; `--scales=-2,-1` works regardless).
     evaluate._negative_number_matcher = re.compile(r"^-\d[\d.,eE+-]*$")
     what = evaluate.add_argument_group("what to measure")
-    what.add_argument("--adapter", required=True, metavar="FILE",
-                      help="adapter: LoRA / slider file, fine-tune (folder, file or repo id with --kind delta), "
-                           "Custom Diffusion weights, embedding file")  # fmt: skip
-    what.add_argument("--kind", choices=KINDS, default="auto", help="adapter kind (default: detected)")
-    trained = "delta / Custom Diffusion: the model it was fine-tuned from (default: detected)"
-    what.add_argument("--trained-on", choices=("base", "distilled"), help=trained)
-    rank = "delta / Custom Diffusion: apply it as its SVD LoRA of rank R (needed with --start)"
-    what.add_argument("--rank", type=positive_int, metavar="R", help=rank)
+    what.add_argument("--adapter", required=True, type=parse_adapter_arg, metavar="[KIND:]FILE",
+                      help=f"the adapter; KIND one of {', '.join(ADAPTER_KINDS)} (detected when left out)")  # fmt: skip
+    what.add_argument("--delta-rank", type=rank_arg, metavar="N", help="deltas and Custom Diffusion as an SVD LoRA "
+                      "with every layer at rank N (needed with --start)")  # fmt: skip
+    what.add_argument("--delta-energy", type=energy_arg, metavar="E",
+                      help="the same, per layer at the rank keeping E of its squared singular values (e.g. 0.99)")
+    what.add_argument("--trained-on", choices=("base", "distilled"),
+                      help="the model a delta / Custom Diffusion was trained on (default: detected)")  # fmt: skip
     scales = "adapter scales (default -2,-1,0,1,2, a textual inversion's 1; 0 is always added)"
     what.add_argument("--scales", type=_scales, default=None, help=scales)
     what.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable)")
@@ -154,22 +155,24 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def adapter_kind(args: argparse.Namespace) -> str:
-    """--kind, or the kind detected from --adapter (which must exist, except a fine-tune's repo id)."""
-    from divdistill.control.kinds import detect_kind
-    from divdistill.control.lora import AdapterFormatError
+    """The kind of --adapter (given, or detected from the file), its file checked before the pair loads."""
+    from divdistill.cli.adapters import DELTA_KINDS
+    from divdistill.control.kinds import check_source
 
-    if not Path(args.adapter).exists() and args.kind != "delta":
-        raise CLIError(f"no adapter file ({args.adapter}, --adapter); check the path (a fine-tune's repo id needs "
-                       "--kind delta)")  # fmt: skip
-    if args.kind != "auto":
-        kind = args.kind
-    else:
-        try:
-            kind = detect_kind(args.adapter)
-        except AdapterFormatError as error:
-            raise CLIError(f"{error} (--kind)") from None
-    if (args.trained_on or args.rank) and kind not in ("delta", "custom-diffusion"):
-        raise CLIError(f"--trained-on and --rank are for deltas and Custom Diffusion; --adapter is a {kind}")
+    arg = args.adapter
+    if arg.scale != 1:
+        raise CLIError(f"--adapter takes no scale ({arg.path}:{arg.scale:g}); give the scales with --scales")
+    if not Path(arg.path).exists():
+        raise CLIError(f"no adapter file ({arg.path}, --adapter); check the path, and write [KIND:]FILE")
+    try:
+        kind = check_source(arg.path, arg.kind)
+    except (FileNotFoundError, ValueError) as error:  # AdapterFormatError and the embedding reader's are ValueErrors
+        raise CLIError(f"{error} (--adapter)") from None
+    given = [f"--{n.replace('_', '-')}" for n in ("delta_rank", "delta_energy", "trained_on") if getattr(args, n)]
+    if given and kind not in DELTA_KINDS:
+        raise CLIError(f"{', '.join(given)} go with a delta or Custom Diffusion adapter; --adapter is a {kind}")
+    if args.delta_rank is not None and args.delta_energy is not None:
+        raise CLIError("give --delta-rank N (a fixed rank) or --delta-energy E (rank by energy), not both")
     return kind
 
 
@@ -190,11 +193,14 @@ def run_control_eval(args: argparse.Namespace) -> int:
     kind = adapter_kind(args)
     if args.scales is None:
         args.scales = [1.0] if kind == "textual-inversion" else [-2.0, -1.0, 0.0, 1.0, 2.0]
-    source: Any = read_lora(args.adapter) if kind == "lora" else args.adapter
+    source: Any = read_lora(args.adapter.path) if kind == "lora" else args.adapter.path
     concept = args.concept or (source.info.get("concept") if kind == "lora" else None)
-    add_options = {k: v for k, v in {"trained_on": args.trained_on, "rank": args.rank}.items() if v is not None}
-    if args.rank:
+    add_options: dict[str, Any] = {}
+    if args.trained_on:
+        add_options["trained_on"] = args.trained_on
+    if args.delta_rank is not None or args.delta_energy is not None:
         add_options["as_lora"] = True
+        add_options |= {"rank": args.delta_rank} if args.delta_rank is not None else {"energy": args.delta_energy}
     options: dict[str, Any] = {}
     if args.clip_model:
         model, _, pretrained = args.clip_model.partition(":")
