@@ -56,7 +56,7 @@ def test_generate_writes_clips_of_the_pipelines_frames_and_resumes(tmp_path: Pat
     argv = ["generate", "--preset", "wan21-lightx2v", "--cache-dir", str(hub), "--prompt", PROMPT, "-n", "2",
             "--seed", "3", *CLIP, "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
-    assert capsys.readouterr().out.strip() == f"{tmp_path / 'run.json'}: 2 images in 2 calls"
+    assert capsys.readouterr().out.strip() == f"{tmp_path / 'run.json'}: 2 clips in 2 calls"
     sidecar = json.loads((tmp_path / "run.json").read_text())
     assert [image["file"] for image in sidecar["images"]] == ["000_seed3.gif", "001_seed4.gif"]
     assert sidecar["video"] == {"format": "gif", "fps": 16.0} and sidecar["nfe"] == 5  # hybrid: base CFG + 3
@@ -66,7 +66,7 @@ def test_generate_writes_clips_of_the_pipelines_frames_and_resumes(tmp_path: Pat
         assert (clip.num_frames, clip.size) == (5, (32, 32))
         assert np.array_equal(clip.frames, pipeline_clip(pipe, seed))  # bit for bit what the pipeline returned
     (tmp_path / "001_seed4.gif").unlink()  # a lost clip is made again, the other one kept
-    assert main(argv) == 0 and "2 images in 1 calls" in capsys.readouterr().out
+    assert main(argv) == 0 and "2 clips in 1 calls" in capsys.readouterr().out
     assert main(argv) == 0
     assert "already finished" in capsys.readouterr().out
 

@@ -285,6 +285,7 @@ def print_result(result: JobsResult, args: argparse.Namespace) -> None:
             status = "complete" if manifest.complete else f"{len(manifest.missing)} jobs missing"
             print(f"{out / MANIFEST}: {manifest.num_jobs} jobs, {manifest.num_images} images ({status})")
     elif result.jobs and not result.jobs[0].skipped:
-        print(f"{out / SIDECAR}: {len(result.jobs[0].seeds)} images in {result.calls} calls")
+        unit = "images" if result.jobs[0].suffix == ".png" else "clips"  # a video pair's (divdistill.jobs.samples)
+        print(f"{out / SIDECAR}: {len(result.jobs[0].seeds)} {unit} in {result.calls} calls")
     else:
         print(f"{out / SIDECAR}: already finished (pass --overwrite to regenerate)")

@@ -9,8 +9,9 @@
 
 Modules, one job each: `prompts` (jobs from a CSV, seeds, sharding), `layout` (file names), `settings` (the
 frozen settings and their recorded JSON), `status` (what a folder holds), `jobrun` (one job's start and end),
-`output` (the folder's refusals and manifest), `process` (launch state, environment, peak memory), `runner`
-(the generation loop and `run`). Nothing here imports torch at module level.
+`output` (the folder's refusals and manifest), `process` (launch state, environment, peak memory), `samples`
+(an image or a video pair's clip on disk), `runner` (the generation loop and `run`). Nothing here imports torch
+at module level.
 """
 
 from divdistill.jobs.layout import CONTACT_SHEET, MANIFEST, SIDECAR, image_name
