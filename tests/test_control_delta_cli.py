@@ -122,3 +122,36 @@ def test_compress_delta_writes_a_lora_diffusers_loads(tmp_path: Path, capsys) ->
     assert error_line(capsys) == (
         f"{tmp_path / 'ft.pt'}: a diffusers-format LoRA is a .safetensors file; name it e.g. delta.safetensors"
     )
+
+
+def test_the_kind_is_detected_from_keys_file_names_and_folders(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from divdistill.control import AdapterFormatError, detect_kind
+
+    vector = torch.zeros(4)
+    save_file({"unet.a.lora_A.weight": torch.zeros(1, 2), "unet.a.lora_B.weight": torch.zeros(2, 1)},
+              str(tmp_path / "style.safetensors"))  # fmt: skip
+    save_file({"<cat>": vector}, str(tmp_path / "learned_embeds.safetensors"))
+    save_file({"clip_l": vector, "clip_g": vector.clone()}, str(tmp_path / "sdxl_embedding.safetensors"))
+    save_file({"a.processor.to_k_custom_diffusion.weight": torch.zeros(2, 2)}, str(tmp_path / "concept.safetensors"))
+    save_file({"conv_in.weight": vector, "conv_in.bias": vector.clone()}, str(tmp_path / "unet.safetensors"))
+    save_file({"lora_unet_a.hada_w1_a": vector}, str(tmp_path / "loha.safetensors"))
+    save_file({"x": vector, "y": vector.clone()}, str(tmp_path / "other.safetensors"))
+    expected = {"style": "lora", "learned_embeds": "textual-inversion", "sdxl_embedding": "textual-inversion",
+                "concept": "custom-diffusion", "unet": "delta"}  # fmt: skip
+    assert {name: detect_kind(tmp_path / f"{name}.safetensors") for name in expected} == expected
+    (tmp_path / "folder").mkdir()
+    assert detect_kind({"a.weight": vector, "a.bias": vector}) == "delta"
+    with pytest.raises(AdapterFormatError, match=r"loha.safetensors: LyCORIS \(LoHa / LoKr / OFT\) adapters are not"):
+        detect_kind(tmp_path / "loha.safetensors")
+    with pytest.raises(AdapterFormatError) as caught:
+        detect_kind(tmp_path / "other.safetensors")
+    assert str(caught.value) == (
+        f"{tmp_path / 'other.safetensors'}: cannot tell which kind of adapter it is (first keys: x, y); pass kind= "
+        "one of lora, delta, custom-diffusion, textual-inversion"
+    )
+    with pytest.raises(
+        AdapterFormatError, match=r"folder: a folder with no LoRA, Custom Diffusion, model or embedding"
+    ):
+        detect_kind(tmp_path / "folder")

@@ -159,7 +159,8 @@ class AdaptedPipeline:
         `kind`: "auto" (detected from the source) or one of `divdistill.control.kinds.KINDS`: "lora", "delta" (a
         full fine-tune), "custom-diffusion", "textual-inversion". For deltas and Custom Diffusion, `trained_on`
         is the model they were trained on (None: detected) and `as_lora=True` applies them as an SVD LoRA of
-        `rank` (or retaining `energy`) instead of a weight patch (see `divdistill.control.kinds`).
+        `rank` (or retaining `energy`) instead of a weight patch (see `divdistill.control.kinds`). A weight patch
+        is all or nothing: a delta that does not fit is refused whatever `strict` says.
         """
         label = source if isinstance(source, (str, Path)) else name or type(source).__name__
         scale = check_adapter_scale(scale, f"adapter {label}")

@@ -88,8 +88,9 @@ def kind_of_keys(keys: dict[str, Any], label: str) -> str:
     try:
         detect_format(keys)
         return "lora"
-    except AdapterFormatError:
-        pass
+    except AdapterFormatError as error:
+        if "LyCORIS" in str(error):  # a LoRA of a kind divdistill does not read: say so, not "cannot tell"
+            raise AdapterFormatError(f"{label}: {error}") from None
     if any(k in keys for k in _TI_KEYS) or (len(keys) == 1 and not str(next(iter(keys))).endswith(".weight")):
         return "textual-inversion"
     weights = [k for k in keys if str(k).endswith((".weight", ".bias"))]
