@@ -71,6 +71,19 @@ def test_generate_writes_clips_of_the_pipelines_frames_and_resumes(tmp_path: Pat
     assert "already finished" in capsys.readouterr().out
 
 
+def test_a_frame_count_wan_refuses_starts_no_job(tmp_path: Path, hub: Path, capsys) -> None:
+    argv = ["generate", "--preset", "wan21-lightx2v", "--cache-dir", str(hub), "--prompt", PROMPT, "--height", "32",
+            "--width", "32", "--num-frames", "6", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()  # after the loading bars, the one line of the refusal
+    assert [line for line in err if line.startswith("divdistill")] == [
+        "divdistill: error: num_frames must be 4k + 1 for Wan's VAE (temporal factor 4), got 6; the nearest valid "
+        "counts are 5 or 9."
+    ]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no journal: the corrected run is not "other settings"
+    assert main([*argv[:-3], "5", "--out", str(tmp_path)]) == 0
+
+
 @pytest.mark.skipif(not videos.mp4_available(), reason="imageio-ffmpeg is not installed")
 def test_generate_writes_mp4_when_imageio_ffmpeg_is_installed(tmp_path: Path, hub: Path, pipe) -> None:
     argv = ["generate", "--preset", "wan21-lightx2v", "--cache-dir", str(hub), "--prompt", PROMPT, *CLIP,

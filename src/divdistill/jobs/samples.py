@@ -42,9 +42,23 @@ def is_video(pipe: Any) -> bool:
 
 
 def check_num_frames(pipe: Any, settings: GenerationSettings) -> None:
-    """JobError when the settings ask for frames from an image pair (before anything is written or sampled)."""
-    if settings.sampling.num_frames is not None and not is_video(pipe):
+    """JobError when the settings ask for frames from an image pair, or for a clip shape the video pair refuses
+    (Wan: 4k + 1 frames, sizes in multiples of 16), before any job starts: a job folder started with settings the
+    pipeline then refuses would keep their journal, and the corrected rerun would be refused as other settings."""
+    sampling = settings.sampling
+    if sampling.num_frames is not None and not is_video(pipe):
         raise JobError(num_frames_refusal(getattr(pair_family(pipe), "name", type(pipe).__name__)))
+    family, distilled, defaults = pair_family(pipe), getattr(pipe, "distilled", None), getattr(pipe, "defaults", None)
+    if not is_video(pipe) or distilled is None or not hasattr(family, "sample_shape"):
+        return
+    height, width = family.default_height_width(distilled)
+    height = sampling.height or getattr(defaults, "height", None) or height
+    width = sampling.width or getattr(defaults, "width", None) or width
+    frames = sampling.num_frames or getattr(defaults, "num_frames", None)
+    try:
+        family.sample_shape(distilled, 1, height, width, frames)
+    except ValueError as error:
+        raise JobError(str(error)) from None
 
 
 @dataclass(frozen=True)
