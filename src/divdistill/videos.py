@@ -2,7 +2,8 @@
 grid (base / distilled / hybrid side by side) and a frames-per-step sheet.
 
 Formats, from the file's suffix:
-    .mp4   H.264 (yuv420p) through imageio-ffmpeg (`pip install divdistill[video]`); even frame sizes only
+    .mp4   H.264 (yuv420p, CRF 10) through imageio-ffmpeg (`pip install divdistill[video]`); even frame sizes
+           only; lossy (chroma at half resolution), so metrics on MP4 clips measure the encoded frames
     .gif   Pillow's animated GIF, with every frame also written losslessly as PNG into `<stem>_frames/` first
            (GIF has 256 colours; readers that measure pixels take the PNG frames, see `read_clip`)
 `default_clip_format()` is "mp4" when imageio-ffmpeg is installed, else "gif".
