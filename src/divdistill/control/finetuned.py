@@ -96,8 +96,10 @@ def finetuned_state(
         return _module_state(_from_folder(path, network)), str(path)
     if path.is_file():
         return _from_file(path, reference, network, cache_dir, base_config), str(path)
-    text = str(source)
-    if text.count("/") == 1 and not text.startswith((".", "/")) and not path.suffix:
+    from divdistill.loading.student import SINGLE_FILE_SUFFIXES
+
+    text = str(source)  # a repo id may hold a dot (stable-diffusion-xl-base-1.0); a missing weights file is no repo
+    if text.count("/") == 1 and not text.startswith((".", "/")) and path.suffix not in SINGLE_FILE_SUFFIXES:
         return _module_state(_from_repo(text, network, cache_dir)), text
     raise FileNotFoundError(f"no fine-tuned model at {source}; give {_FORMS}")
 
