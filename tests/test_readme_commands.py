@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ ALTERNATIVES = re.compile(r"[\w.-]+(?:\|[\w.-]+)+")
 #: so that an extraction that silently finds nothing (or half) fails.
 AT_LEAST_DIVDISTILL = 27
 IMAGE = ["--height", "64", "--width", "64"]
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 CLIP = ["--height", "32", "--width", "32", "--num-frames", "5"]
 
 pytestmark = pytest.mark.usefixtures("fresh_process_state")  # main() creates accelerate's PartialState
@@ -51,7 +53,8 @@ class Command:
     argv: tuple[str, ...]
 
     def __str__(self) -> str:
-        return f"README.md:{self.lineno}: {self.line}"
+        expanded = "" if shlex.split(self.line) == list(self.argv) else f"\n  (the alternative {shlex.join(self.argv)})"
+        return f"README.md:{self.lineno}: {self.line}{expanded}"
 
 
 def bash_commands(text: str) -> list[Command]:
@@ -140,7 +143,8 @@ def refused_values(args: argparse.Namespace) -> list[str]:
     if args.command == "generate" and args.variant is not None:
         checks.append(("--variant", parse_variant, args.variant))
     if args.command == "eval":
-        checks.append(("--metrics", parse_metrics, args.metrics or "diversity"))
+        if args.metrics:
+            checks.append(("--metrics", parse_metrics, args.metrics))
         if not args.images:
             checks.append(("--modes", parse_variants, args.modes))
     for flag, check, value in checks:
@@ -181,25 +185,38 @@ def test_the_extraction_reads_a_shell_line_as_a_shell_does() -> None:
         (5, "divdistill pocket train base|distilled --out runs/", ("divdistill", "pocket", "train", "distilled",
                                                                   "--out", "runs/")),
     ]  # fmt: skip
+    assert str(bash_commands(text)[2]).splitlines() == [
+        "README.md:5: divdistill pocket train base|distilled --out runs/",
+        "  (the alternative divdistill pocket train distilled --out runs/)",
+    ]
 
 
 def test_a_refused_line_fails_with_the_line_and_argparses_message() -> None:
     from divdistill.cli.main import build_parser
 
-    wrong = Command(7, "divdistill generate --preset sdxl-dmd2 --no-such-flag", ())
+    line = "divdistill generate --preset sdxl-dmd2 --no-such-flag --out o"
     with pytest.raises(pytest.fail.Exception) as caught:
-        parsed(wrong, build_parser(), ["generate", "--preset", "sdxl-dmd2", "--no-such-flag", "--out", "o"])
+        parsed(Command(7, line, tuple(line.split())), build_parser(), line.split()[1:])
     assert str(caught.value).splitlines() == [
-        "README.md:7: divdistill generate --preset sdxl-dmd2 --no-such-flag",
+        f"README.md:7: {line}",
         "  divdistill: error: unrecognized arguments: --no-such-flag (divdistill); see `divdistill --help`",
     ]
     args = build_parser().parse_args(["eval", "--preset", "sdxl-dmd3", "--prompt", "a", "--modes", "hybird:1",
                                       "--metrics", "diversity,nonsense", "--out", "o"])  # fmt: skip
     refused = refused_values(args)
     assert [r.split(" ", 1)[0] for r in refused] == ["--preset", "--metrics:", "--modes:"], refused
+    assert refused[1].startswith("--metrics: Unknown metric 'nonsense'; write NAME or NAME-BACKEND")
+    args = build_parser().parse_args(["generate", "--preset", "sdxl-dmd2", "--variant", "hybrid:x", "--prompt", "a",
+                                      "--out", "o"])  # fmt: skip
+    assert [r.split(";")[0] for r in refused_values(args)] == ["--variant: Cannot parse variant 'hybrid:x'"]
+    args = build_parser().parse_args(["control", "eval", "--preset", "pocket", "--adapter", "a.safetensors",
+                                      "--models", "base,hybird", "--prompt", "a", "--out", "o"])  # fmt: skip
+    assert refused_values(args) == ["--models: 'hybird' is not one of ('base', 'distilled', 'hybrid')"]
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c.argv[0] not in TOOLS], ids=str)
+@pytest.mark.parametrize(
+    "command", [c for c in COMMANDS if c.argv[0] not in TOOLS], ids=lambda c: f"L{c.lineno}:{shlex.join(c.argv)}"
+)
 def test_the_readme_command_parses_with_the_real_parser(command: Command) -> None:
     from divdistill.cli.main import build_parser
 
@@ -234,6 +251,23 @@ def readme_command(*words: str) -> list[str]:
     return list(matches[0].argv[1:])
 
 
+def without(argv: list[str], *flags: str) -> list[str]:
+    """`argv` less each of `flags` and its value."""
+    kept, words = [], iter(argv)
+    for word in words:
+        if word in flags:
+            next(words)  # its value
+        else:
+            kept.append(word)
+    return kept
+
+
+def pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
 def run_in(folder: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
     """`divdistill ARGV` in `folder` (created), as the README runs it from the working folder."""
     from divdistill.cli.main import main
@@ -254,14 +288,21 @@ def test_presets_prints_every_preset(capsys) -> None:
 
 
 def test_the_sdxl_dmd2_generate_lines_run(offline_hub_env, tmp_path: Path, monkeypatch) -> None:
+    """`--base-steps 1` (the base at CFG 5 for step 1) and `--variant hybrid:1@cfg0` (the same step without CFG):
+    8 seeds each, and the guidance of the base's one step shows in every image."""
+    from PIL import Image
+
+    names = [f"{i:03d}_seed{i}.png" for i in range(8)]
     for name, flag in (("base-steps", "--base-steps"), ("variant", "--variant")):
         run_in(tmp_path / name, monkeypatch, [*readme_command("generate", "sdxl-dmd2", flag, "-n"), *IMAGE])
         out = tmp_path / name / "out"
-        assert sorted(p.name for p in out.glob("*_seed*.png")) == [f"{i:03d}_seed{i}.png" for i in range(8)]
-        assert (out / "contact_sheet.png").is_file()
+        assert sorted(p.name for p in out.glob("*_seed*.png")) == names
+        assert Image.open(out / names[0]).size == (64, 64) and (out / "contact_sheet.png").is_file()
     sampling = [json.loads((tmp_path / n / "out/run.json").read_text())["request"]["sampling"]
                 for n in ("base-steps", "variant")]  # fmt: skip
     assert sampling[0]["base_steps"] == 1 and sampling[1]["base_guidance_scale"] == 0.0, sampling
+    for name in names:
+        assert not np.array_equal(pixels(tmp_path / "base-steps/out" / name), pixels(tmp_path / "variant/out" / name))
 
 
 def test_the_wan_generate_line_writes_clips(offline_hub_env, tmp_path: Path, monkeypatch) -> None:
@@ -279,22 +320,39 @@ def test_compress_delta_and_the_delta_generate_line_run_on_a_finetune_folder(off
                                                                              monkeypatch, capsys) -> None:  # fmt: skip
     """`dreambooth-dog/` is made here: a diffusers pipeline folder holding a perturbed copy of the (tiny) SDXL base
     UNet the offline hub serves under its real repo id, as a DreamBooth run would save it."""
-    from diffusers import UNet2DConditionModel
-    from safetensors.torch import load_file
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     from divdistill.testing.tiny import perturbed_unet
 
-    base = UNet2DConditionModel.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0", subfolder="unet")
+    base = UNet2DConditionModel.from_pretrained(SDXL_BASE, subfolder="unet")
     folder = tmp_path / "dreambooth-dog"
-    perturbed_unet(base, seed=9, scale=0.05).save_pretrained(folder / "unet")
+    finetuned = perturbed_unet(base, seed=9, scale=0.05)
+    finetuned.save_pretrained(folder / "unet")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
 
     run_in(tmp_path, monkeypatch, readme_command("control", "compress-delta"))
     lora = tmp_path / "dreambooth-dog-lora.safetensors"
-    assert capsys.readouterr().out.startswith(f"{lora.name}: ")
-    assert any(key.endswith("lora_A.weight") for key in load_file(lora))
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{lora.name}: ") and " LoRA layers, rank " in printed, printed
+    # diffusers reads it, and it carries the fine-tune: 90% of each layer's delta energy, biases and norms left out
+    pipe = StableDiffusionXLPipeline.from_pretrained(SDXL_BASE)
+    pipe.load_lora_weights(str(lora))
+    generator = torch.Generator().manual_seed(0)
+    sample, text = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 7, 64, generator=generator)
+    added = {"text_embeds": torch.randn(1, 32, generator=generator), "time_ids": torch.zeros(1, 6)}
+    with torch.no_grad():
+        base_out, finetuned_out, lora_out = (
+            unet(sample, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
+            for unet in (base, finetuned, pipe.unet)
+        )
+    ratio = ((lora_out - finetuned_out).norm() / (base_out - finetuned_out).norm()).item()
+    assert ratio < 0.8, ratio  # measured 0.63
 
-    run_in(tmp_path, monkeypatch, [*readme_command("generate", "--lora", "delta:dreambooth-dog/:0.8"), *IMAGE])
+    line = readme_command("generate", "--lora", "delta:dreambooth-dog/:0.8")
+    run_in(tmp_path, monkeypatch, [*line, *IMAGE])
     assert [p.name for p in (tmp_path / "out").glob("*_seed*.png")] == ["000_seed0.png"]
     adapters = json.loads((tmp_path / "out/run.json").read_text())["request"]["adapters"]
     assert adapters["on"] == "distilled" and adapters["files"][0]["scale"] == 0.8, adapters
+    run_in(tmp_path / "plain", monkeypatch, [*without(line, "--lora", "--lora-on"), *IMAGE])  # the delta changes it
+    assert not np.array_equal(pixels(tmp_path / "out/000_seed0.png"), pixels(tmp_path / "plain/out/000_seed0.png"))
