@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "schedule", "variant", "sampling", "conventions", "prediction", "conditioning", "defaults",
         "images", "devices", "outlock", "journal", "fingerprint", "quiet", "htmlpage", "outputs", "adapter_spec",
-        "offload", "recording", "diversity", "videos",
+        "offload", "recording", "diversity", "videos", "tensorfiles",
     ),
     ("families", "denoiser"),  # the denoiser wraps one family's network as x0-hat
     ("pipeline",),

@@ -65,6 +65,7 @@ from divdistill.control.lora import (
 )
 from divdistill.families import family_of_network, get_family
 from divdistill.images import atomic_write, write_json_atomic
+from divdistill.tensorfiles import safetensors_bytes
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -284,12 +285,10 @@ def _header(info: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str] | None) -> Path:
-    from safetensors.torch import save
-
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_write(path) as handle:
         if path.suffix == ".safetensors":
-            handle.write(save(tensors, metadata=header))
+            handle.write(safetensors_bytes(tensors, header))  # the same bytes for the same layers
         else:
             torch.save(tensors, handle)
     return path

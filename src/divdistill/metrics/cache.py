@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 
 from divdistill.images import atomic_write, sheet_indices
+from divdistill.tensorfiles import safetensors_bytes
 
 FORMAT = "divdistill-embeddings/1"
 CACHE_DIR = ".embeddings"
@@ -148,8 +149,6 @@ class EmbeddingCache:
         return True
 
     def _write(self, path: Path, rows: dict[str, dict[str, torch.Tensor]], files: dict[str, FileStamp]) -> None:
-        from safetensors.torch import save
-
         keys = list(rows)
         outputs = sorted({name for row in rows.values() for name in row})
         tensors = {name: torch.stack([rows[k][name] for k in keys]).contiguous() for name in outputs}
@@ -160,7 +159,7 @@ class EmbeddingCache:
             "files": json.dumps({rel: [s.size, s.mtime_ns, s.sha256] for rel, s in files.items()}),
         }
         with atomic_write(path) as handle:
-            handle.write(save(tensors, metadata=meta))
+            handle.write(safetensors_bytes(tensors, meta))
 
     # ------------------------------------------------------------------------------------------- lookups
     def stamps(self, rels: Iterable[str]) -> dict[str, FileStamp]:
