@@ -27,10 +27,12 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image, ImageSequence
+
+if TYPE_CHECKING:  # numpy is imported where frames are handled: `divdistill --help` stays fast
+    import numpy as np
 
 from divdistill.images import TEMP_SUFFIX, atomic_write, labelled_grid, save_image_atomic, sheet_indices
 
@@ -74,6 +76,8 @@ def frames_folder(path: str | Path) -> Path:
 def clip_array(clip: Any) -> np.ndarray:
     """A clip as uint8 frames [F, H, W, 3]: a list of PIL frames, a numpy [F, H, W, 3] (uint8, or float in [0, 1]
     as WanPipeline's "np" output holds per clip), or a torch [F, 3, H, W] (uint8, or float in [0, 1])."""
+    import numpy as np
+
     if isinstance(clip, np.ndarray):
         array = clip
     elif hasattr(clip, "detach"):  # torch, without importing it here
@@ -208,6 +212,8 @@ def save_animation(frames: Sequence[Image.Image], path: str | Path, fps: float =
 def read_clip(path: str | Path, lossless: bool = True) -> Clip:
     """A clip file read back: MP4 through imageio-ffmpeg; GIF from its PNG frames when `lossless` and they are
     there (all of them), else from the GIF itself (merged identical frames expanded again)."""
+    import numpy as np
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".mp4":
