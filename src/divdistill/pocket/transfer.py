@@ -79,24 +79,32 @@ class TransferResult:
     sizes: dict[str, dict[str, list[float]]]  # mode -> condition -> sizes (prompt-major, seed-minor)
     delta_norm: float = math.nan
     seconds: dict[str, float] = field(default_factory=dict)
+    title: str = "Size fine-tune of the pocket base, transferred to the distilled model"
+    description: str | None = None  # what the rows apply (default: the fine-tune's delta)
 
-    def change(self, mode: str, condition: str = "delta") -> float:
-        """Mean paired size change (px) of `mode` under `condition` from the same mode without the delta."""
-        with_delta, without = self.sizes[mode][condition], self.sizes[mode]["none"]
+    @property
+    def reference(self) -> str:
+        """The condition that is the base's own effect (the first of `base_conditions`: "delta" for a fine-tune)."""
+        return str(self.config.get("base_conditions", ["delta"])[0])
+
+    def change(self, mode: str, condition: str | None = None) -> float:
+        """Mean paired size change (px) of `mode` under `condition` (default: the reference) from the same mode
+        without the adapter."""
+        with_delta, without = self.sizes[mode][condition or self.reference], self.sizes[mode]["none"]
         return sum(a - b for a, b in zip(with_delta, without)) / len(without)
 
-    def ratio(self, mode: str = "distilled", condition: str = "delta") -> float:
-        """`mode`'s change under `condition` over the base's own change (the full delta on the base; nan without
-        one)."""
-        base = self.change("base", "delta") if "delta" in self.sizes.get("base", {}) else 0.0
+    def ratio(self, mode: str = "distilled", condition: str | None = None) -> float:
+        """`mode`'s change under `condition` over the base's own change (the reference on the base, e.g. the full
+        delta; nan without one)."""
+        base = self.change("base") if self.reference in self.sizes.get("base", {}) else 0.0
         return self.change(mode, condition) / base if base else math.nan
 
-    def passes(self, condition: str = "delta", min_change: float | None = None) -> bool:
+    def passes(self, condition: str | None = None, min_change: float | None = None) -> bool:
         """The base's own change (the fine-tune on the base) and the distilled model's under `condition` both
         raise the size read-out by >= min_change px: the fine-tune did what it was trained for, and the distilled
         model followed."""
         bar = self.config["min_change"] if min_change is None else min_change
-        return self.change("base", "delta") >= bar and self.change("distilled", condition) >= bar
+        return self.change("base") >= bar and self.change("distilled", condition) >= bar
 
     def table(self) -> list[dict[str, Any]]:
         rows = []
@@ -115,12 +123,14 @@ class TransferResult:
         c = self.config
         rows = [[r["mode"], r["condition"], f"{r['size_without']:.2f}", f"{r['size']:.2f}", f"{r['change']:+.2f}",
                  f"{r['ratio_to_base']:.2f}"] for r in self.table()]  # fmt: skip
+        description = self.description or (
+            f"without the delta; fine-tune {c['finetune']['steps']} steps x batch {c['finetune']['batch']}; "
+            f"|delta| = {self.delta_norm:.3f}")
         return "\n".join([
-            "# Size fine-tune of the pocket base, transferred to the distilled model",
+            f"# {self.title}",
             "",
             f"{len(c['prompts'])} prompts x {len(c['seeds'])} seeds per row, paired with the same prompt and seed "
-            f"without the delta; fine-tune {c['finetune']['steps']} steps x batch {c['finetune']['batch']}; "
-            f"|delta| = {self.delta_norm:.3f}. Size: the evaluator's read-out in px at 32 px.",
+            f"{description}. Size: the evaluator's read-out in px at 32 px.",
             "",
             markdown_table(["mode", "applied", "size before", "size after", "change (px)", "ratio to base"], rows),
             "",
@@ -128,8 +138,9 @@ class TransferResult:
         ]) + "\n"  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
-        return {"config": self.config, "summary": self.table(), "passes": self.passes(),
-                "delta_norm": self.delta_norm, "seconds": self.seconds, "sizes": self.sizes}  # fmt: skip
+        return {"title": self.title, "description": self.description, "config": self.config, "summary": self.table(),
+                "passes": self.passes(), "delta_norm": self.delta_norm, "seconds": self.seconds,
+                "sizes": self.sizes}  # fmt: skip
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -146,11 +157,13 @@ def sample(pipe: Any, mode: str, prompts: Sequence[str], seeds: Sequence[int], *
     return torch.cat(images)
 
 
-def measure(pipe: Any, finetuned: torch.nn.Module, config: TransferConfig,
+def measure(pipe: Any, finetuned: Any, config: TransferConfig,
             conditions: dict[str, dict[str, Any]] | None = None, evaluator: Any = None,
             keep_images: dict[str, torch.Tensor] | None = None) -> TransferResult:  # fmt: skip
     """Size read-outs per mode without the fine-tune's delta and under each condition ({name: `add` keywords},
-    default `config.conditions()`), the delta on both UNets; the base mode runs `config.base_conditions` only."""
+    default `config.conditions()`), the delta on both UNets; the base mode runs `config.base_conditions` only.
+    A condition's keywords may name another `source` and `kind` (a Custom Diffusion folder, an embedding) and its
+    own `prompts` (a textual inversion's, with its token; "none" runs `config.prompts`)."""
     import time
 
     from divdistill.control import AdaptedPipeline
@@ -164,12 +177,15 @@ def measure(pipe: Any, finetuned: torch.nn.Module, config: TransferConfig,
     adapted = AdaptedPipeline(pipe)
     for condition, options in {"none": None, **conditions}.items():
         modes = [m for m in config.modes if m != "base" or condition in ("none", *config.base_conditions)]
-        if options is not None:
-            adapted.add(finetuned, kind="delta", trained_on="base", on="both", name="size", **options)
+        options = dict(options or {})
+        prompts = options.pop("prompts", config.prompts)
+        if condition != "none":
+            adapted.add(**{"source": finetuned, "kind": "delta", "trained_on": "base", "on": "both", "name": "size",
+                           **options})  # fmt: skip
         try:
             for mode in modes:
                 began = time.perf_counter()
-                images = sample(adapted, mode, config.prompts, config.seeds, **kwargs)
+                images = sample(adapted, mode, prompts, config.seeds, **kwargs)
                 sizes[mode][condition] = evaluator.read(images).size.tolist()
                 seconds[f"{mode}/{condition}"] = time.perf_counter() - began
                 if keep_images is not None:
@@ -225,8 +241,8 @@ def write_report(result: TransferResult, images: dict[str, torch.Tensor], out: P
     write_json_atomic(result.to_json(), out / "transfer.json")
     with atomic_write(out / "transfer.md", "w") as handle:
         handle.write(result.markdown())
-    rows = [key for key in ("base/none", "base/delta", "distilled/none", "distilled/delta", "hybrid/none",
-                            "hybrid/delta") if key in images]  # fmt: skip
+    order = [f"{mode}/{condition}" for mode in MODES for condition in ("none", result.reference)]
+    rows = [key for key in order if key in images]
     cells = [to_pil(image) for key in rows for image in images[key][:columns]]  # the first prompt, every seed
     labels = [key if i == 0 else "" for key in rows for i in range(columns)]
     save_image_atomic(contact_sheet(cells, columns=columns, labels=labels), out / "grid.png")
