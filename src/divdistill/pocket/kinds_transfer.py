@@ -44,9 +44,9 @@ DESCRIPTIONS = {
     "custom-diffusion": 'without the concept (rows: `add(kind="custom-diffusion")` at scale 1, and the broken '
     "controls zero = scale 0, flipped = scale -1); trained {steps} steps x batch {batch} at lr {lr:g}, attn2 "
     "to_k/to_v only, captions without a size word, no modifier token; |K/V change| = {norm:.3f}",
-    "textual-inversion": 'with the prompt without the token ("a red circle" against "a {token} red circle"; '
-    "broken controls: untrained = the initializer's embedding, flipped = initial - (learned - initial)); trained "
-    "{steps} steps x batch {batch} at lr {lr:g}, one embedding row only; |learned - initial| = {norm:.3f}",
+    "textual-inversion": 'without the token ("a red circle" against "a {token} red circle"; broken controls: '
+    "untrained = the initializer's embedding, flipped = initial - (learned - initial)); trained {steps} steps x "
+    "batch {batch} at lr {lr:g}, one embedding row only; |learned - initial| = {norm:.3f}",
 }
 
 
