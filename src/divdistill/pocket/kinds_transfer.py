@@ -84,17 +84,16 @@ def concept_folder(out: Path, kind: str, recipe: ConceptConfig) -> Path:
     return out / f"{kind}-{key}"
 
 
-def _conditions(config: ConceptTransferConfig, out: Path, device: str) -> tuple[dict[str, dict[str, Any]], float]:
+def _conditions(config: ConceptTransferConfig, out: Path, pipe: Any) -> tuple[dict[str, dict[str, Any]], float]:
     """({condition: `add` keywords}, |the learned change|), training the concept if it is not cached."""
     from divdistill.control.custom_diffusion import read_custom_diffusion
     from divdistill.control.embeddings import read_embedding
-    from divdistill.pocket.weights import weights_dir
 
     recipe, kind = config.recipe(), config.kind
     folder = concept_folder(out, kind, recipe)
     if kind == "custom-diffusion":
-        concept = train_custom_diffusion(folder, recipe, device=device)
-        base = load_base_unet_state(weights_dir("base"))
+        concept = train_custom_diffusion(folder, recipe, device=str(pipe.device))
+        base = pipe.base.unet.state_dict()
         weights = read_custom_diffusion(concept).weights
         norm = float(torch.stack([(w - base[n]).norm() for n, w in weights.items()]).norm())
         options = {"source": str(concept), "kind": kind, "trained_on": "base"}
@@ -102,7 +101,7 @@ def _conditions(config: ConceptTransferConfig, out: Path, device: str) -> tuple[
         return {kind: options, **{k: v for k, v in broken.items() if k in config.extra}}, norm
     if kind != "textual-inversion":
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    concept, initial = train_textual_inversion(folder, recipe, device=device)
+    concept, initial = train_textual_inversion(folder, recipe, device=str(pipe.device))
     learned = read_embedding(concept).vectors[0][0]
     prompts = tuple(with_token(p, recipe.token) for p in config.prompts)
     options = {"kind": kind, "prompts": prompts}
@@ -110,14 +109,6 @@ def _conditions(config: ConceptTransferConfig, out: Path, device: str) -> tuple[
               "flipped": {**options, "source": {recipe.token: 2 * initial - learned}}}  # fmt: skip
     conditions = {kind: {**options, "source": str(concept)}, **{k: v for k, v in broken.items() if k in config.extra}}
     return conditions, float((learned - initial).norm())
-
-
-def load_base_unet_state(folder: Path) -> dict[str, torch.Tensor]:
-    """The shipped base UNet's parameters as float32 (the file is float16; the pipeline loads it as float32)."""
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=torch.float32)
-    return {k: v.detach() for k, v in unet.state_dict().items()}
 
 
 def concept_transfer(out: str | Path, kind: str | ConceptTransferConfig = "custom-diffusion", pipe: Any = None,
@@ -131,7 +122,7 @@ def concept_transfer(out: str | Path, kind: str | ConceptTransferConfig = "custo
     pipe = pipe or pocket_pipeline(device=device)
     pipe.set_progress_bar_config(disable=True)
     began = time.perf_counter()
-    conditions, norm = _conditions(config, out, device)
+    conditions, norm = _conditions(config, out, pipe)
     trained = time.perf_counter() - began
     images: dict[str, torch.Tensor] = {}
     result = measure(pipe, None, config.transfer_config(), conditions, keep_images=images if save else None)
