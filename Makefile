@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+TEST_WORKERS ?= auto
 
 .PHONY: setup demo test lint bench clean
 
@@ -21,7 +22,8 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	# one torch thread per worker, one worker per core (pytest-xdist): the suite's tests are small and single-threaded
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpu_overhead.py
