@@ -153,4 +153,6 @@ def test_eval_scores_clips_with_diversity_motion_and_speed(tmp_path: Path, pipe)
     assert result.speed["distilled"]["seconds_per_image"] > 0
     written = write_reports(result, tmp_path / "report")  # the HTML's sample grids show each clip's middle frame
     assert (tmp_path / "report" / "index.html").is_file() and written
-    assert "motion (mean frame-difference energy)" in (tmp_path / "report" / "metrics.md").read_text()
+    markdown = (tmp_path / "report" / "metrics.md").read_text()
+    assert "motion (mean frame-difference energy)" in markdown
+    assert "time (s/clip)" in markdown and "NFE/clip" in markdown and "s/image" not in markdown

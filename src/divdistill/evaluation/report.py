@@ -65,7 +65,8 @@ def summary_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
     columns += [(m.name, m) for m in sorted(quality, key=lambda m: order.index(m.metric))]
     prompt_metrics = [m for m in result.metrics if m.kind == "prompt" and m.metric != "clip-score"]
     columns += [(m.name, m) for m in prompt_metrics]
-    speed_columns = [("time (s/image)", "seconds_per_image", 3), ("NFE/image", "nfe_per_image", 1),
+    unit = sample_unit(result)  # a video pair's sample is a clip: its speed is per clip
+    speed_columns = [(f"time (s/{unit})", "seconds_per_image", 3), (f"NFE/{unit}", "nfe_per_image", 1),
                      ("peak memory (MB)", "peak_memory_mb", 0)]  # fmt: skip
     speeds = [result.speed.get(s.name) or {} for s in result.sets]
     speed_used = [c for c in speed_columns if any(finite(sp.get(c[1])) for sp in speeds)]
@@ -87,6 +88,14 @@ def summary_table(result: EvalResult) -> tuple[list[str], list[list[str]]]:
         row += [fmt(speed.get(key), digits) for _, key, digits in speed_used]
         rows.append(row)
     return header, rows
+
+
+def sample_unit(result: EvalResult) -> str:
+    """"clip" when the evaluated sets hold clips (a video pair's samples), else "image"."""
+    from divdistill.metrics.video import is_clip_file
+
+    files = (rel for s in result.sets for g in s.groups for rel in g.files[:1])
+    return "clip" if any(is_clip_file(rel) for rel in files) else "image"
 
 
 def _column_title(m: Metric) -> str:
