@@ -10,6 +10,9 @@ distilled segments alike, at that expert's guidance scale.
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -350,3 +353,74 @@ def test_own_schedule_base_hands_off_at_the_students_noise_level(wan22) -> None:
     assert len(base) > 1 and [x[1] for x in distilled] == pytest.approx([937.5, 833.3333, 625.0])
     assert all(x[1] > 937.5 for x in base) and torch.equal(base[-1][3], distilled[0][2])
     assert [s.guidance_scale for s in out.steps] == [5.0] * len(base) + [1.0] * 3
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _generate(pipe, out, *flags: str) -> int:
+    from divdistill.cli.main import main
+
+    argv = ["generate", "--base", "tiny/base", "--distilled", "tiny/student", "--prompt", PROMPT, "--mode", "hybrid",
+            "--base-steps", "3", "--clip-format", "gif", "--out", str(out), *flags]
+    return main(argv, load_pipeline=lambda args, device, dtype: pipe)
+
+
+def test_generate_base_guidance_scale_2_is_the_python_calls(wan22, tmp_path, monkeypatch) -> None:
+    """--base-guidance-scale-2 reaches the pipeline call (base step 3 at t=833 < 875 runs the low-noise expert at
+    2.5), is recorded in run.json, and is absent from a run without it (earlier folders keep their fingerprint)."""
+    hybrid, _ = wan22
+    outputs = []
+    call = HybridPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        outputs.append(call(self, *args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(HybridPipeline, "__call__", spy)
+    assert _generate(hybrid, tmp_path / "set", "--base-guidance-scale-2", "2.5") == 0
+    assert _generate(hybrid, tmp_path / "unset") == 0
+    monkeypatch.setattr(HybridPipeline, "__call__", call)
+    sampling = json.loads((tmp_path / "set" / "run.json").read_text())["request"]["sampling"]
+    assert sampling["base_guidance_scale_2"] == 2.5 and "guidance_scale_2" not in sampling
+    unset = json.loads((tmp_path / "unset" / "run.json").read_text())["request"]["sampling"]
+    assert "base_guidance_scale_2" not in unset and "guidance_scale_2" not in unset
+    assert [s.guidance_scale for s in outputs[0].steps][:3] == [5.0, 5.0, 2.5]
+    python = hybrid(PROMPT, base_steps=3, base_guidance_scale_2=2.5, generator=[torch.Generator().manual_seed(0)],
+                    output_type="pil")  # fmt: skip
+    ours, default = (np.asarray(output.images) for output in outputs)
+    assert np.array_equal(ours, np.asarray(python.images)) and ours.shape == (1, 5, 32, 32, 3)
+    assert np.abs(ours.astype(float) - default.astype(float)).max() > 0  # 2.5 is not the default 5.0
+
+
+def test_generate_base_guidance_scale_2_on_an_image_pair_is_the_pipelines_refusal(tmp_path, capsys) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from divdistill.testing import tiny_sd_components
+
+    sd = StableDiffusionPipeline(**tiny_sd_components(0))
+    pipe = HybridPipeline(sd, sd, defaults=SamplingDefaults(height=32, width=32))
+    assert _generate(pipe, tmp_path / "out", "--base-guidance-scale-2", "2.5") == 2
+    message = ("base_guidance_scale_2 is the guidance scale of a second expert (Wan 2.2's low-noise transformer_2); "
+               "the base model of this sd pair has one network. Use base_guidance_scale instead.")  # fmt: skip
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "out").exists()  # refused once loaded, before anything is written
+    with pytest.raises(ValueError, match=r"^" + re.escape(message) + r"$"):
+        pipe(PROMPT, base_guidance_scale_2=2.5, output_type="latent")
+
+
+def test_trace_and_eval_carry_the_second_expert_guidance(capsys) -> None:
+    from divdistill.cli.main import main
+    from divdistill.jobs import SamplingSettings
+    from divdistill.trajectory import TraceSampling
+    from divdistill.variant import parse_variant
+
+    for command in ("trace", "eval"):
+        assert main([command, "--help"]) == 0
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "--guidance-scale-2" in help_text and "--base-guidance-scale-2" in help_text
+        assert "Wan 2.2's low-noise expert" in help_text
+    traced = TraceSampling(base_guidance_scale_2=2.5)
+    assert traced.to_json()["base_guidance_scale_2"] == 2.5 and "guidance_scale_2" not in traced.to_json()
+    assert "base_guidance_scale_2" not in TraceSampling().to_json()  # earlier trace folders keep their request
+    assert traced.call_kwargs(parse_variant("hybrid:3"))["base_guidance_scale_2"] == 2.5
+    evaluated = SamplingSettings(guidance_scale_2=1.5).with_variant(parse_variant("hybrid:1"))
+    assert evaluated.call_kwargs()["guidance_scale_2"] == 1.5 and "base_guidance_scale_2" not in evaluated.to_json()

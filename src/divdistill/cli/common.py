@@ -181,6 +181,11 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
     "timesteps": ("--timesteps", {"type": timesteps, "help": "explicit distilled timesteps, e.g. 999,749,499,249"}),
     "guidance_scale": ("--guidance-scale", {"type": float, "help": "distilled model's guidance scale"}),
     "base_guidance_scale": ("--base-guidance-scale", {"type": float, "help": "base model's guidance scale"}),
+    "guidance_scale_2": ("--guidance-scale-2", {"type": float, "help": "Wan 2.2's low-noise expert: the distilled "
+                         "model's guidance scale there (default: the pair's); refused for one-network pairs"}),
+    "base_guidance_scale_2": ("--base-guidance-scale-2", {"type": float, "help": "Wan 2.2's low-noise expert: the "
+                              "base model's guidance scale there (default: the pair's); refused for one-network "
+                              "pairs"}),
     "guidance_rescale": (
         "--guidance-rescale",
         {"type": float, "help": "CFG rescale (Lin et al.) wherever CFG runs; ~0.7 for zero-terminal-SNR models"},
@@ -202,8 +207,8 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
 
 def add_sampling_arguments(group: Any, *names: str) -> None:
     """The sampling options `names` (default: all of steps, timesteps, guidance_scale, base_guidance_scale,
-    guidance_rescale, resolution_binning, height, width, num_frames), in that order; unset, each is the pair's
-    default."""
+    guidance_scale_2, base_guidance_scale_2, guidance_rescale, resolution_binning, height, width, num_frames), in
+    that order; unset, each is the pair's default."""
     for name in names or tuple(_SAMPLING):
         flag, options = _SAMPLING[name]
         group.add_argument(flag, **options)
@@ -294,6 +299,8 @@ def sampling_settings_of(args: argparse.Namespace, **variant: Any) -> SamplingSe
         guidance_rescale=args.guidance_rescale,
         resolution_binning=args.resolution_binning,
         num_frames=getattr(args, "num_frames", None),
+        guidance_scale_2=getattr(args, "guidance_scale_2", None),
+        base_guidance_scale_2=getattr(args, "base_guidance_scale_2", None),
         **variant,
     )
 

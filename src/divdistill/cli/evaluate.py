@@ -109,6 +109,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_sampling_arguments(sampling, "steps", "timesteps", "guidance_scale", "guidance_rescale")
     sampling.add_argument("--base-guidance-scale", type=float, help="base guidance (a mode's @cfgX overrides it)")
     sampling.add_argument("--negative-prompt")
+    add_sampling_arguments(sampling, "guidance_scale_2", "base_guidance_scale_2")
     add_sampling_arguments(sampling, "resolution_binning", "height", "width", "num_frames")
 
     metrics = parser.add_argument_group("metrics")

@@ -118,6 +118,17 @@ class JobsResult:
         return sum(job.skipped for job in self.jobs)
 
 
+def check_second_expert(pipe: Any, settings: GenerationSettings) -> None:
+    """guidance_scale_2 / base_guidance_scale_2 where the pair has no second expert (Wan 2.2's transformer_2):
+    the pipeline's own one-line refusal, as a JobError before any image (a loaded pair: before anything is written)."""
+    from divdistill.pipeline.call_settings import second_expert_scales
+
+    try:
+        second_expert_scales(pipe, settings.sampling)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+
+
 def run(
     pipe: Any,
     jobs: Job | Sequence[Job],
@@ -151,6 +162,7 @@ def run(
         raise JobError(f"a job's output folder is a file ({blocked}); move it away or use another {what}")
     if not isinstance(pipe, LazyPipeline):  # a loaded pair: refuse frames for images before anything is written
         check_num_frames(pipe, settings)
+        check_second_expert(pipe, settings)
     state = state or SingleProcess()
     request = settings.to_json()
     # One writer per folder (the processes of one launch count as one); the checks run under the lock.
@@ -192,6 +204,7 @@ def _run_locked(
     calls, done = 0, {}
     if pending:
         model = pipe.get() if isinstance(pipe, LazyPipeline) else pipe
+        check_second_expert(model, settings)  # a lazy pair is checked once loaded, before its first image
         model.set_progress_bar_config(disable=True)
         writer = sample_writer(model, settings, options)
         device = _device(device, state, model)

@@ -16,7 +16,8 @@ from typing import Any
 from divdistill.variant import Variant
 
 #: SamplingSettings fields recorded only when set, so jobs finished before they existed keep matching.
-_ONLY_WHEN_SET = ("guidance_rescale", "resolution_binning", "diversity", "num_frames")
+_ONLY_WHEN_SET = ("guidance_rescale", "resolution_binning", "diversity", "num_frames", "guidance_scale_2",
+                  "base_guidance_scale_2")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class SamplingSettings:
     diversity: str | None = None
     #: Frames per clip of a video pair (Wan); None: the family's default. Refused for image pairs.
     num_frames: int | None = None
+    #: Wan 2.2's low-noise expert (transformer_2) guidance of the distilled / base model; None: the pair's default.
+    #: Refused by the pipeline where a model has one network.
+    guidance_scale_2: float | None = None
+    base_guidance_scale_2: float | None = None
 
     def __post_init__(self) -> None:
         if self.timesteps is not None and not isinstance(self.timesteps, tuple):
@@ -95,7 +100,7 @@ class SamplingSettings:
         return kwargs
 
     def to_json(self) -> dict[str, Any]:
-        """The request's `sampling`: every field, except guidance_rescale / resolution_binning when unset."""
+        """The request's `sampling`: every field, except those of `_ONLY_WHEN_SET` when unset."""
         data = asdict(self)
         if data["timesteps"] is not None:
             data["timesteps"] = list(data["timesteps"])

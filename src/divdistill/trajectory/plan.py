@@ -41,6 +41,9 @@ class TraceSampling:
     width: int | None = None
     #: Frames per clip of a video pair (Wan); recorded only when set, so earlier trace folders keep resuming.
     num_frames: int | None = None
+    #: Wan 2.2's low-noise expert guidance (distilled / base); recorded only when set, as num_frames.
+    guidance_scale_2: float | None = None
+    base_guidance_scale_2: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_frames is not None and (isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int)
@@ -59,8 +62,9 @@ class TraceSampling:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["timesteps"] = list(self.timesteps) if self.timesteps is not None else None
-        if data["num_frames"] is None:
-            del data["num_frames"]
+        for name in ("num_frames", "guidance_scale_2", "base_guidance_scale_2"):
+            if data[name] is None:
+                del data[name]
         return data
 
     def call_kwargs(self, variant: Variant) -> dict[str, Any]:
@@ -78,6 +82,8 @@ class TraceSampling:
             "height": self.height,
             "width": self.width,
             "num_frames": self.num_frames,
+            "guidance_scale_2": self.guidance_scale_2,
+            "base_guidance_scale_2": self.base_guidance_scale_2,
         }
         return {**{k: v for k, v in kwargs.items() if v is not None}, **variant.pipeline_kwargs()}
 
