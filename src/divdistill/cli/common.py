@@ -182,10 +182,10 @@ _SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
     "guidance_scale": ("--guidance-scale", {"type": float, "help": "distilled model's guidance scale"}),
     "base_guidance_scale": ("--base-guidance-scale", {"type": float, "help": "base model's guidance scale"}),
     "guidance_scale_2": ("--guidance-scale-2", {"type": float, "help": "Wan 2.2's low-noise expert: the distilled "
-                         "model's guidance scale there (default: the pair's); refused for one-network pairs"}),
+                         "model's guidance scale there (default: the pair's); refused for one-transformer models"}),
     "base_guidance_scale_2": ("--base-guidance-scale-2", {"type": float, "help": "Wan 2.2's low-noise expert: the "
-                              "base model's guidance scale there (default: the pair's); refused for one-network "
-                              "pairs"}),
+                              "base model's guidance scale there (default: the pair's); refused for one-"
+                              "transformer models"}),
     "guidance_rescale": (
         "--guidance-rescale",
         {"type": float, "help": "CFG rescale (Lin et al.) wherever CFG runs; ~0.7 for zero-terminal-SNR models"},
