@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from divdistill.pocket.finetune import FinetuneConfig, FinetuneTrainer, unnamed_size
-from divdistill.pocket.training import Phase, StepRandom, run_phase, warmup_cosine
+from divdistill.pocket.training import Phase, StepRandom, run_phase
 from divdistill.pocket.world import caption_for
 
 TOKEN = "<big>"
@@ -153,16 +152,7 @@ class TextualInversionTrainer(FinetuneTrainer):
         z0 = self.latents[index.to(self.device)]
         captions = [token_caption(text, self.concept.token) for text in caption_for(self.attributes[index], rnd.numpy)]
         hidden = encode_captions(self.text_encoder, self.tokenizer, captions, self.device)
-        t = rnd.randint(0, self.timesteps, (c.batch,), self.device)
-        noise = rnd.randn(z0.shape, self.device)
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * z0
-        loss = F.mse_loss(self.unet(x_t, t, encoder_hidden_states=hidden).sample, target)
-        for group in self.optimizer.param_groups:
-            group["lr"] = c.lr * warmup_cosine(i, c.steps, c.warmup)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = self.backward(i, z0, hidden, rnd)
         keep = torch.zeros_like(self.embeddings.grad)
         keep[self.token_id] = 1
         self.embeddings.grad.mul_(keep)  # only the new row learns (Adam moves a zero-gradient row by exactly 0)

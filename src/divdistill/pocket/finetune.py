@@ -105,7 +105,16 @@ class FinetuneTrainer:
         captions = [unnamed_size(text) for text in caption_for(self.attributes[index], rnd.numpy)]
         drop = (rnd.rand((c.batch,), "cpu") < c.caption_dropout).tolist()
         hidden = self._encode(["" if d else text for d, text in zip(drop, captions)])
-        t = rnd.randint(0, self.timesteps, (c.batch,), self.device)
+        loss = self.backward(i, z0, hidden, rnd)
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), c.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    def backward(self, i: int, z0: torch.Tensor, hidden: torch.Tensor, rnd: StepRandom) -> torch.Tensor:
+        """Step i's v-prediction loss on clean latents `z0` (the pocket's objective) at its scheduled learning rate,
+        backpropagated; the caller masks or clips the gradients and steps the optimizer."""
+        c = self.config
+        t = rnd.randint(0, self.timesteps, (z0.shape[0],), self.device)
         noise = rnd.randn(z0.shape, self.device)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
@@ -115,9 +124,7 @@ class FinetuneTrainer:
             group["lr"] = c.lr * warmup_cosine(i, c.steps, c.warmup)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), c.grad_clip)
-        self.optimizer.step()
-        return {"loss": loss.item()}
+        return loss
 
     def phase(self) -> Phase:
         return Phase(
